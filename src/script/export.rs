@@ -1,0 +1,101 @@
+//! Export tables: each SER module declares its script functions once —
+//! name, argument count, the route types where the call is allowed, and a
+//! fixup that validates literal arguments at load time (Kamailio's
+//! `cmd_export_t`). `serlua check` and the runtime both read these.
+
+/// Kinds of route blocks (ser.cfg `route`, `onreply_route`,
+/// `failure_route`, `branch_route`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteKind {
+    /// `route.main` and `route[n]` / `route.name`: request routes.
+    Request,
+    /// `onreply_route[n]`: replies of a transaction (`t_on_reply`).
+    OnReply,
+    /// `failure_route[n]`: best final reply >= 300 (`t_on_failure`).
+    Failure,
+    /// `branch_route[n]`: each outgoing branch (`t_on_branch`).
+    Branch,
+}
+
+impl RouteKind {
+    /// The global table that holds routes of this kind.
+    pub fn table(self) -> &'static str {
+        match self {
+            RouteKind::Request => "route",
+            RouteKind::OnReply => "onreply_route",
+            RouteKind::Failure => "failure_route",
+            RouteKind::Branch => "branch_route",
+        }
+    }
+
+    /// The bit of this kind in a [`RouteMask`].
+    pub fn bit(self) -> RouteMask {
+        match self {
+            RouteKind::Request => RouteMask::REQUEST,
+            RouteKind::OnReply => RouteMask::ONREPLY,
+            RouteKind::Failure => RouteMask::FAILURE,
+            RouteKind::Branch => RouteMask::BRANCH,
+        }
+    }
+}
+
+/// Set of route kinds where a primitive may be called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteMask(pub u8);
+
+impl RouteMask {
+    pub const REQUEST: RouteMask = RouteMask(1);
+    pub const ONREPLY: RouteMask = RouteMask(2);
+    pub const FAILURE: RouteMask = RouteMask(4);
+    pub const BRANCH: RouteMask = RouteMask(8);
+    /// Request, failure and branch routes: the ones that act on a request.
+    pub const REQ_LIKE: RouteMask = RouteMask(1 | 4 | 8);
+    pub const ANY: RouteMask = RouteMask(15);
+
+    /// True when `kind` is in the mask.
+    pub fn allows(self, kind: RouteKind) -> bool {
+        self.0 & kind.bit().0 != 0
+    }
+
+    /// Union of two masks.
+    pub const fn or(self, other: RouteMask) -> RouteMask {
+        RouteMask(self.0 | other.0)
+    }
+}
+
+/// A literal argument as the static checker sees it in the script source;
+/// `None` in a fixup's slice means the argument is an expression whose
+/// value is only known at run time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LitArg {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Nil,
+}
+
+/// A fixup validates literal arguments once, at load time (a regex that
+/// does not compile, a reply code out of range …). Err carries the message.
+pub type Fixup = fn(&[Option<LitArg>]) -> Result<(), String>;
+
+/// One script function a module exports.
+#[derive(Clone, Copy, Debug)]
+pub struct Export {
+    pub name: &'static str,
+    pub min_args: u8,
+    pub max_args: u8,
+    pub routes: RouteMask,
+    pub fixup: Option<Fixup>,
+}
+
+impl Export {
+    /// An export with no fixup.
+    pub const fn new(name: &'static str, min_args: u8, max_args: u8, routes: RouteMask) -> Export {
+        Export { name, min_args, max_args, routes, fixup: None }
+    }
+
+    /// The same export with a fixup.
+    pub const fn with_fixup(self, fixup: Fixup) -> Export {
+        Export { fixup: Some(fixup), ..self }
+    }
+}
