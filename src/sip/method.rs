@@ -6,26 +6,41 @@ use std::fmt;
 /// is an extension method, not INVITE.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
+    /// `INVITE` (RFC 3261 §13).
     Invite,
+    /// `ACK` (RFC 3261 §17.1.1.3).
     Ack,
+    /// `BYE` (RFC 3261 §15).
     Bye,
+    /// `CANCEL` (RFC 3261 §9).
     Cancel,
+    /// `REGISTER` (RFC 3261 §10).
     Register,
+    /// `OPTIONS` (RFC 3261 §11).
     Options,
+    /// `INFO` (RFC 6086).
     Info,
+    /// `PRACK` (RFC 3262).
     Prack,
+    /// `UPDATE` (RFC 3311).
     Update,
+    /// `SUBSCRIBE` (RFC 6665).
     Subscribe,
+    /// `NOTIFY` (RFC 6665).
     Notify,
+    /// `REFER` (RFC 3515).
     Refer,
+    /// `MESSAGE` (RFC 3428).
     Message,
+    /// `PUBLISH` (RFC 3903).
     Publish,
     /// Any other token (RFC 3261 §25.1 `extension-method`).
     Other(String),
 }
 
 impl Method {
-    /// Parses a method token exactly as written (case-sensitive).
+    /// Parses a method token exactly as written (case-sensitive, RFC 3261
+    /// §7.1).
     pub fn from_token(s: &str) -> Method {
         match s {
             "INVITE" => Method::Invite,
@@ -46,7 +61,7 @@ impl Method {
         }
     }
 
-    /// The method as it appears on the wire.
+    /// The method as it appears on the wire (RFC 3261 §25.1 `Method`).
     pub fn as_str(&self) -> &str {
         match self {
             Method::Invite => "INVITE",

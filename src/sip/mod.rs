@@ -5,7 +5,9 @@
 //! the core needs on every message (Via, From, To, Call-ID, CSeq,
 //! Max-Forwards, Content-Length) are parsed eagerly, so a malformed one is
 //! answered `400` before any route runs (RFC 4475 §3.1.2); every other
-//! header is parsed only when something asks for it.
+//! header is parsed only when something asks for it. After parsing a
+//! request the core calls [`semantic_check`] for the proxy's own request
+//! validation (RFC 3261 §16.3).
 
 pub mod framing;
 pub mod header;
@@ -16,5 +18,8 @@ pub mod uri;
 
 pub use header::{CSeq, HeaderName, NameAddr, Params, Via};
 pub use method::Method;
-pub use msg::{ParseError, PartialRequest, SipMessage, StartLine};
+pub use msg::{
+    PROXY_SUPPORTED, ParseError, PartialRequest, SipMessage, StartLine, semantic_check,
+    unsupported_proxy_require,
+};
 pub use uri::{Host, Scheme, Uri};
