@@ -1,5 +1,20 @@
 //! serlua: a SIP proxy whose routing logic is a Lua script mirroring SER's
 //! `ser.cfg`. See DESIGN.md in the project's shared folder for the shape.
 
+pub mod app;
+pub mod avpops;
+pub mod config;
+pub mod core;
+pub mod core_fns;
+pub mod maxfwd;
+pub mod rr;
 pub mod script;
+pub mod server;
 pub mod sip;
+pub mod sl;
+pub mod textops;
+pub mod timer;
+pub mod tm;
+pub mod transport;
+pub mod uri;
+pub mod worker;

@@ -99,3 +99,31 @@ impl Export {
         Export { fixup: Some(fixup), ..self }
     }
 }
+
+/// The key of a route in its table: `route[1]` is `Num(1)`, `route.pstn`
+/// is `Name("pstn")`. `t_on_reply("1")` names `onreply_route[1]`: a
+/// numeric string maps to `Num`, as ser.cfg's route numbers do.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RouteKey {
+    Num(i64),
+    Name(String),
+}
+
+impl RouteKey {
+    /// Parses a route name given as a string (`"1"` → `Num(1)`).
+    pub fn from_text(s: &str) -> RouteKey {
+        match s.trim().parse::<i64>() {
+            Ok(n) => RouteKey::Num(n),
+            Err(_) => RouteKey::Name(s.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteKey::Num(n) => write!(f, "[{n}]"),
+            RouteKey::Name(s) => write!(f, ".{s}"),
+        }
+    }
+}

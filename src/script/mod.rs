@@ -1,5 +1,357 @@
-//! The Lua route engine: loading a script, its static check, and the
-//! primitives' export tables.
+//! The Lua route engine: loading a script into a Lua VM, reading its
+//! ser.cfg-style header (`listen`, `children`, `debug`, `max_len`, `alias`,
+//! `modparam`), the `msg` object, and running routes on a message.
+//!
+//! Each worker has its own VM and one `msg` object that every message is
+//! swapped into (DESIGN.md: a fresh Lua object per message costs more than
+//! the whole route).
 
+pub mod args;
 pub mod check;
 pub mod export;
+pub mod msgobj;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use mlua::{Function, Lua, Table, Value};
+
+use crate::config::{ModParams, ParamValue};
+use crate::core::{Env, MsgCtx, lua_err};
+use export::{Export, RouteKey, RouteKind};
+
+/// `exit()` and `drop()` end the script the way ser.cfg's `exit`/`drop` do:
+/// they unwind every route, and the engine treats them as a normal end.
+#[derive(Debug, thiserror::Error)]
+#[error("exit")]
+pub struct ScriptExit;
+
+/// A script that could not be loaded: the message carries file:line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(pub String);
+
+/// How a route run ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// Returned normally, or by `exit()`/`drop()`.
+    Done,
+    /// A Lua error: the message with file:line and traceback.
+    Error(String),
+}
+
+/// The script header: what `ser.cfg` sets before its routes.
+#[derive(Debug, Default)]
+pub struct Header {
+    pub listen: Vec<String>,
+    pub port: Option<u16>,
+    pub children: Option<usize>,
+    pub debug: Option<i64>,
+    pub max_len: Option<usize>,
+    pub aliases: Vec<String>,
+    pub params: ModParams,
+}
+
+/// Every primitive of every module: the static checker and the runtime
+/// use the same tables.
+pub fn all_exports() -> Vec<Export> {
+    let mut v = Vec::new();
+    for table in [
+        crate::core_fns::EXPORTS,
+        crate::sl::EXPORTS,
+        crate::tm::EXPORTS,
+        crate::rr::EXPORTS,
+        crate::maxfwd::EXPORTS,
+        crate::textops::EXPORTS,
+        crate::uri::EXPORTS,
+        crate::avpops::EXPORTS,
+    ] {
+        v.extend_from_slice(table);
+    }
+    v
+}
+
+/// Registers one primitive as a Lua global. `f` runs with the message
+/// being routed, after the route-kind check of its export entry.
+pub(crate) fn register<A, R, F>(lua: &Lua, env: &Rc<Env>, exports: &'static [Export], name: &str, f: F) -> mlua::Result<()>
+where
+    A: mlua::FromLuaMulti,
+    R: mlua::IntoLuaMulti,
+    F: Fn(&Lua, &Env, &mut MsgCtx, A) -> mlua::Result<R> + 'static,
+{
+    let export = exports
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| lua_err(format!("internal error: {name} has no export entry")))?;
+    let env2 = env.clone();
+    let func = lua.create_function(move |lua, args: A| env2.with_ctx(export, |ctx| f(lua, &env2, ctx, args)))?;
+    lua.globals().set(name, func)
+}
+
+/// Prefixes `msg` with the script position of the Lua code that called
+/// the current Rust function (level 1), as `file:line: `.
+pub fn at_caller(lua: &Lua, msg: &str) -> String {
+    lua.inspect_stack(1, |d| {
+        let src = d.source();
+        let file = src.short_src.as_deref().unwrap_or("?").to_string();
+        match d.current_line() {
+            Some(l) => format!("{file}:{l}: {msg}"),
+            None => format!("{file}: {msg}"),
+        }
+    })
+    .unwrap_or_else(|| msg.to_string())
+}
+
+/// A loaded script: its Lua VM and its routes.
+pub struct Script {
+    pub lua: Lua,
+    pub env: Rc<Env>,
+    pub path: PathBuf,
+    pub source: String,
+    main: Function,
+    tables: [Table; 4],
+}
+
+const KINDS: [RouteKind; 4] = [RouteKind::Request, RouteKind::OnReply, RouteKind::Failure, RouteKind::Branch];
+
+fn kind_index(kind: RouteKind) -> usize {
+    match kind {
+        RouteKind::Request => 0,
+        RouteKind::OnReply => 1,
+        RouteKind::Failure => 2,
+        RouteKind::Branch => 3,
+    }
+}
+
+impl Script {
+    /// Loads the script at `path` into a fresh VM bound to `env`.
+    pub fn load(path: &Path, env: Rc<Env>) -> Result<(Script, Header), LoadError> {
+        let source = std::fs::read_to_string(path).map_err(|e| LoadError(format!("{}: cannot read script: {e}", path.display())))?;
+        Script::load_source(path, source, env)
+    }
+
+    /// Loads script text (named `path` in messages) into a fresh VM.
+    pub fn load_source(path: &Path, source: String, env: Rc<Env>) -> Result<(Script, Header), LoadError> {
+        let lua = Lua::new();
+        let name = path.display().to_string();
+        let le = |e: mlua::Error| LoadError(clean_lua_error(&e));
+        let params = Rc::new(RefCell::new(ModParams::default()));
+        let tables = install_globals(&lua, &env, params.clone()).map_err(le)?;
+        lua.load(source.as_str()).set_name(format!("@{name}")).exec().map_err(le)?;
+        let main = match tables[0].raw_get::<Value>("main").map_err(le)? {
+            Value::Function(f) => f,
+            Value::Nil => return Err(LoadError(format!("{name}: route.main is not defined (the script needs `function route.main() … end`)"))),
+            other => return Err(LoadError(format!("{name}: route.main must be a function, not a {}", other.type_name()))),
+        };
+        let header = read_header(&lua, &name, params.borrow().clone())?;
+        Ok((Script { lua, env, path: path.to_path_buf(), source, main, tables }, header))
+    }
+
+    /// Runs the static check (unknown primitives, arity, route kinds,
+    /// missing routes); the diagnostics carry file:line.
+    pub fn static_check(&self) -> Vec<check::Diagnostic> {
+        let exports = all_exports();
+        let globals = self.lua.globals();
+        let is_global = |name: &str| !matches!(globals.raw_get::<Value>(name), Ok(Value::Nil) | Err(_));
+        let routes = |kind: RouteKind, key: &RouteKey| self.has_route(kind, key);
+        let file = self.path.display().to_string();
+        let input = check::CheckInput { file: &file, source: &self.source, exports: &exports, is_global: &is_global, routes: &routes };
+        check::check(&input)
+    }
+
+    /// True when the route exists in its table.
+    pub fn has_route(&self, kind: RouteKind, key: &RouteKey) -> bool {
+        matches!(self.route_fn(kind, key), Some(_))
+    }
+
+    fn route_fn(&self, kind: RouteKind, key: &RouteKey) -> Option<Function> {
+        let t = &self.tables[kind_index(kind)];
+        let v = match key {
+            RouteKey::Num(n) => t.raw_get::<Value>(*n),
+            RouteKey::Name(s) => t.raw_get::<Value>(s.as_str()),
+        };
+        match v {
+            Ok(Value::Function(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Runs `route.main` on a request.
+    pub fn run_main(&self, ctx: MsgCtx) -> (MsgCtx, RunOutcome) {
+        let f = self.main.clone();
+        self.run_fn(&f, ctx)
+    }
+
+    /// Runs the route `kind`/`key` (an onreply or failure route armed by
+    /// t_on_reply/t_on_failure). A route that vanished is an error.
+    pub fn run(&self, kind: RouteKind, key: &RouteKey, mut ctx: MsgCtx) -> (MsgCtx, RunOutcome) {
+        ctx.kind = kind;
+        match self.route_fn(kind, key) {
+            Some(f) => self.run_fn(&f, ctx),
+            None => (ctx, RunOutcome::Error(format!("{}{key} is not defined", kind.table()))),
+        }
+    }
+
+    fn run_fn(&self, f: &Function, ctx: MsgCtx) -> (MsgCtx, RunOutcome) {
+        self.env.set_ctx(ctx);
+        let r = f.call::<()>(());
+        let ctx = match self.env.take_ctx() {
+            Some(c) => c,
+            // with_ctx never removes the context; this is unreachable in practice.
+            None => unreachable_ctx(),
+        };
+        match r {
+            Ok(()) => (ctx, RunOutcome::Done),
+            Err(e) if e.downcast_ref::<ScriptExit>().is_some() => (ctx, RunOutcome::Done),
+            Err(e) => (ctx, RunOutcome::Error(clean_lua_error(&e))),
+        }
+    }
+}
+
+#[cold]
+fn unreachable_ctx() -> MsgCtx {
+    panic!("route context vanished during a route run")
+}
+
+/// Formats a Lua error for the admin: the `file:line: message` first, then
+/// the traceback, without mlua's wrapper text.
+pub fn clean_lua_error(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::SyntaxError { message, .. } => message.trim().to_string(),
+        mlua::Error::RuntimeError(m) => m.trim().to_string(),
+        other => {
+            let s = other.to_string();
+            s.trim().trim_start_matches("runtime error: ").to_string()
+        }
+    }
+}
+
+/// Creates the route tables, `modparam`, the `msg` object and every
+/// primitive in a fresh VM.
+fn install_globals(lua: &Lua, env: &Rc<Env>, params: Rc<RefCell<ModParams>>) -> mlua::Result<[Table; 4]> {
+    let g = lua.globals();
+    let mut tables = Vec::new();
+    for kind in KINDS {
+        let t = lua.create_table()?;
+        g.set(kind.table(), t.clone())?;
+        tables.push(t);
+    }
+    // route(1) / route("name") call a route like ser.cfg's route(1);
+    // reading a route that does not exist is an error, not a silent nil.
+    lua.load(
+        r#"
+        local route = route
+        setmetatable(route, {
+          __call = function(t, k)
+            local f = rawget(t, k)
+            if f == nil and type(k) == "string" then f = rawget(t, tonumber(k) or k) end
+            if f == nil then error("route[" .. tostring(k) .. "] is not defined", 2) end
+            return f()
+          end,
+          __index = function(t, k)
+            error("route[" .. tostring(k) .. "] is not defined", 2)
+          end,
+        })
+        "#,
+    )
+    .set_name("=serlua")
+    .exec()?;
+
+    let p = params.clone();
+    let modparam = lua.create_function(move |lua, (module, name, value): (String, String, Value)| {
+        let v = match value {
+            Value::Integer(i) => ParamValue::Int(i),
+            Value::Number(n) if n.fract() == 0.0 => ParamValue::Int(n as i64),
+            Value::String(s) => ParamValue::Str(s.to_str()?.to_string()),
+            Value::Boolean(b) => ParamValue::Int(b as i64),
+            other => return Err(lua_err(at_caller(lua, &format!("modparam value must be a number or a string, not {}", other.type_name())))),
+        };
+        p.borrow_mut().set(&module, &name, v).map_err(|e| lua_err(at_caller(lua, &e.to_string())))
+    })?;
+    g.set("modparam", modparam)?;
+
+    let print = lua.create_function(|_, args: mlua::Variadic<Value>| {
+        let parts: Vec<String> = args.iter().map(|v| v.to_string().unwrap_or_else(|_| format!("{v:?}"))).collect();
+        tracing::info!(target: "script", "{}", parts.join("\t"));
+        Ok(())
+    })?;
+    g.set("print", print)?;
+
+    msgobj::install(lua, env)?;
+    crate::core_fns::register(lua, env)?;
+    crate::sl::register(lua, env)?;
+    crate::tm::register(lua, env)?;
+    crate::rr::register(lua, env)?;
+    crate::maxfwd::register(lua, env)?;
+    crate::textops::register(lua, env)?;
+    crate::uri::register(lua, env)?;
+    crate::avpops::register(lua, env)?;
+    let max_len = env.shared.cfg.max_len;
+    g.set("max_len", max_len)?;
+    let arr: [Table; 4] = [tables[0].clone(), tables[1].clone(), tables[2].clone(), tables[3].clone()];
+    Ok(arr)
+}
+
+fn read_header(lua: &Lua, name: &str, params: ModParams) -> Result<Header, LoadError> {
+    let g = lua.globals();
+    let bad = |what: &str, why: &str| LoadError(format!("{name}: global '{what}' {why}"));
+    let strings = |key: &str| -> Result<Vec<String>, LoadError> {
+        match g.raw_get::<Value>(key) {
+            Ok(Value::Nil) => Ok(Vec::new()),
+            Ok(Value::String(s)) => Ok(vec![s.to_string_lossy()]),
+            Ok(Value::Table(t)) => {
+                let mut v = Vec::new();
+                for item in t.sequence_values::<Value>() {
+                    match item {
+                        Ok(Value::String(s)) => v.push(s.to_string_lossy()),
+                        _ => return Err(bad(key, "must be a string or a list of strings")),
+                    }
+                }
+                Ok(v)
+            }
+            _ => Err(bad(key, "must be a string or a list of strings")),
+        }
+    };
+    let int = |key: &str| -> Result<Option<i64>, LoadError> {
+        match g.raw_get::<Value>(key) {
+            Ok(Value::Nil) => Ok(None),
+            Ok(Value::Integer(i)) => Ok(Some(i)),
+            Ok(Value::Number(n)) if n.fract() == 0.0 => Ok(Some(n as i64)),
+            Ok(Value::String(s)) => s.to_string_lossy().trim().parse().map(Some).map_err(|_| bad(key, "must be an integer")),
+            _ => Err(bad(key, "must be an integer")),
+        }
+    };
+    let port = match int("port")? {
+        None => None,
+        Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+        Some(_) => return Err(bad("port", "must be 1..65535")),
+    };
+    let children = match int("children")? {
+        None => None,
+        Some(c) if (1..=256).contains(&c) => Some(c as usize),
+        Some(_) => return Err(bad("children", "must be 1..256")),
+    };
+    let max_len = match int("max_len")? {
+        None => None,
+        Some(m) if (512..=65535).contains(&m) => Some(m as usize),
+        Some(_) => return Err(bad("max_len", "must be 512..65535")),
+    };
+    Ok(Header {
+        listen: strings("listen")?,
+        port,
+        children,
+        debug: int("debug")?,
+        max_len,
+        aliases: strings("alias")?,
+        params,
+    })
+}
+
+/// The value of a Lua argument for log messages.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.to_string_lossy(),
+        other => other.to_string().unwrap_or_else(|_| other.type_name().to_string()),
+    }
+}

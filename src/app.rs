@@ -1,0 +1,84 @@
+//! What the `serlua` commands do, as library functions the binary wires
+//! to its command line (ripgrep's shape: a thin CLI over library crates).
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{CoreConfig, ListenSpec, parse_alias};
+use crate::core::{Env, Shared};
+use crate::script::{Header, Script};
+
+/// Command-line overrides of the script's header.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Vec<String>,
+    pub children: Option<usize>,
+    pub debug: Option<i64>,
+}
+
+/// Loads a script once to read its header, and statically checks it.
+/// Errors are `file:line: message` lines.
+pub fn load_and_check(path: &Path) -> Result<Header, Vec<String>> {
+    if let Ok(src) = std::fs::read_to_string(path) {
+        if let Err(d) = crate::script::check::syntax_check(&path.display().to_string(), &src) {
+            return Err(vec![d.to_string()]);
+        }
+    }
+    let shared = Arc::new(Shared::new(CoreConfig::with_params(Default::default()).map_err(|e| vec![e.to_string()])?));
+    let env = Rc::new(Env::new(shared, 0, Instant::now()));
+    let (script, header) = Script::load(path, env).map_err(|e| vec![e.0])?;
+    let diags = script.static_check();
+    if !diags.is_empty() {
+        return Err(diags.iter().map(|d| d.to_string()).collect());
+    }
+    Ok(header)
+}
+
+/// The core configuration from a script header and command-line overrides.
+pub fn build_config(path: &Path, header: Header, ov: &Overrides) -> Result<CoreConfig, String> {
+    let name = path.display();
+    let mut cfg = CoreConfig::with_params(header.params).map_err(|e| format!("{name}: {e}"))?;
+    let port = header.port.unwrap_or(5060);
+    let listen = if ov.listen.is_empty() { header.listen } else { ov.listen.clone() };
+    let listen = if listen.is_empty() { vec!["udp:127.0.0.1".to_string(), "tcp:127.0.0.1".to_string()] } else { listen };
+    for l in &listen {
+        cfg.listen.push(ListenSpec::parse(l, port).map_err(|e| format!("{name}: {e}"))?);
+    }
+    if let Some(c) = ov.children.or(header.children) {
+        cfg.children = c.clamp(1, 256);
+    }
+    cfg.debug = ov.debug.or(header.debug);
+    if let Some(m) = header.max_len {
+        cfg.max_len = m;
+    }
+    for a in &header.aliases {
+        cfg.aliases.push(parse_alias(a).map_err(|e| format!("{name}: {e}"))?);
+    }
+    Ok(cfg)
+}
+
+/// The shipped quick-start script, for `serlua run` without a script:
+/// `examples/quickstart.lua` under the working directory, else beside the
+/// source tree the binary was built from.
+pub fn default_script() -> PathBuf {
+    let local = PathBuf::from("examples/quickstart.lua");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.lua")
+}
+
+/// Maps SER's `debug` level to a tracing filter: 4+ debug, 2–3 info,
+/// 0–1 warnings, negative errors only (SER: L_DBG 4, L_INFO 3, L_NOTICE 2,
+/// L_WARN 1, L_ERR -1).
+pub fn debug_filter(debug: Option<i64>) -> &'static str {
+    match debug.unwrap_or(2) {
+        i64::MIN..=-1 => "error",
+        0..=1 => "warn",
+        2..=3 => "info",
+        4 => "debug",
+        _ => "trace",
+    }
+}

@@ -1,0 +1,440 @@
+//! The state a route runs against: the message being routed with its
+//! per-transaction flags and AVPs ([`MsgCtx`]), the worker's I/O queues and
+//! timers ([`Env`]), and the state shared by all workers ([`Shared`]).
+//!
+//! This is the sans-IO core of DESIGN.md: primitives push [`Transmit`]s
+//! and arm timers here; the live server or a test harness carries them out.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use regex::bytes::Regex;
+
+use crate::config::CoreConfig;
+use crate::script::export::{Export, RouteKey, RouteKind};
+use crate::sip::{Host, Params, SipMessage, Uri};
+use crate::timer::TimerHeap;
+use crate::tm;
+use crate::transport::{ConnId, ListenSocket, Proto, SocketId, Target, Transmit};
+
+/// Counters every worker updates (read by `serlua ctl stats` and metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub rcv_requests: AtomicU64,
+    pub rcv_replies: AtomicU64,
+    pub fwd_requests: AtomicU64,
+    pub fwd_replies: AtomicU64,
+    pub local_replies: AtomicU64,
+    pub parse_errors: AtomicU64,
+    pub script_errors: AtomicU64,
+    pub overload_503: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// State shared by every worker thread.
+pub struct Shared {
+    pub cfg: CoreConfig,
+    pub sockets: Vec<ListenSocket>,
+    pub tm: tm::Table,
+    /// Random per process: keeps our branches and tags unguessable and lets
+    /// us recognise our own Via branches (RFC 3261 §16.6 step 8).
+    pub secret: u64,
+    /// `z9hG4bK` plus a per-process marker; every branch we create starts
+    /// with it.
+    pub branch_prefix: String,
+    pub stats: Stats,
+    /// Addresses of this host, for `is_myself` on wildcard listens.
+    pub local_ips: Vec<IpAddr>,
+}
+
+impl Shared {
+    /// Builds the shared state for a configuration.
+    pub fn new(cfg: CoreConfig) -> Shared {
+        let secret: u64 = rand::random();
+        let sockets = cfg.sockets();
+        let mut local_ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))];
+        local_ips.push(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]));
+        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+            for a in addrs {
+                if let Some(sa) = a.address {
+                    if let Some(v4) = sa.as_sockaddr_in() {
+                        local_ips.push(IpAddr::V4(v4.ip()));
+                    } else if let Some(v6) = sa.as_sockaddr_in6() {
+                        local_ips.push(IpAddr::V6(v6.ip()));
+                    }
+                }
+            }
+        }
+        let max = cfg.tm.max_transactions;
+        Shared {
+            cfg,
+            sockets,
+            tm: tm::Table::new(max),
+            secret,
+            branch_prefix: format!("z9hG4bKsr{:04x}", (secret >> 48) as u16),
+            stats: Stats::default(),
+            local_ips,
+        }
+    }
+
+    /// True when `host[:port]` names this proxy: one of the listen
+    /// addresses (advertised or bound; a wildcard bind covers every local
+    /// address) or an `alias`. Without a port, the scheme's default port
+    /// must be one we listen on, as SER's `check_self` does; an alias
+    /// written without a port matches any port.
+    pub fn is_myself(&self, host: &Host, port: Option<u16>, default_port: u16) -> bool {
+        let port = port.unwrap_or(default_port);
+        for s in &self.sockets {
+            let port_ok = s.adv_port == port || s.addr.port() == port;
+            if !port_ok {
+                continue;
+            }
+            match host.ip {
+                Some(ip) => {
+                    if ip == s.addr.ip() || host_text_eq(&s.adv_host, &host.text) {
+                        return true;
+                    }
+                    if s.addr.ip().is_unspecified() && self.local_ips.contains(&ip) {
+                        return true;
+                    }
+                }
+                None => {
+                    if host_text_eq(&s.adv_host, &host.text) {
+                        return true;
+                    }
+                }
+            }
+        }
+        self.cfg.aliases.iter().any(|(h, p)| host_text_eq(h, &host.text) && p.is_none_or(|p| p == port))
+    }
+
+    /// True when the Via's sent-by names one of our sockets (a reply whose
+    /// top Via is ours is forwarded statelessly, RFC 3261 §16.7 step 3 and
+    /// §18.1.2).
+    pub fn via_is_ours(&self, via: &crate::sip::Via) -> bool {
+        via.branch().is_some_and(|b| b.starts_with(&self.branch_prefix))
+            && self.is_myself(&via.host, via.port, 5060)
+    }
+}
+
+fn host_text_eq(a: &str, b: &str) -> bool {
+    let strip = |s: &str| s.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    a.eq_ignore_ascii_case(b) || strip(a) == strip(b)
+}
+
+/// One AVP (SER avpops): named by a string or an integer, holding an
+/// integer or a string. AVPs belong to the transaction: written in the
+/// request route, they are seen again in its reply and failure routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AvpName {
+    Int(i64),
+    Str(String),
+}
+
+/// An AVP value (`i:45` is `Int(45)`, `s:text` is `Str`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AvpValue {
+    Int(i64),
+    Str(String),
+}
+
+/// The AVP list of one message/transaction. Writing a name again adds a
+/// value on top; reading returns the newest (SER's AVP stacks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Avps(pub Vec<(AvpName, AvpValue)>);
+
+impl Avps {
+    /// Adds a value on top.
+    pub fn write(&mut self, name: AvpName, value: AvpValue) {
+        self.0.push((name, value));
+    }
+
+    /// The newest value of `name`.
+    pub fn read(&self, name: &AvpName) -> Option<&AvpValue> {
+        self.0.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Every value of `name`, newest first.
+    pub fn read_all(&self, name: &AvpName) -> Vec<&AvpValue> {
+        self.0.iter().rev().filter(|(n, _)| n == name).map(|(_, v)| v).collect()
+    }
+
+    /// Removes every value of `name`; returns how many.
+    pub fn delete(&mut self, name: &AvpName) -> usize {
+        let before = self.0.len();
+        self.0.retain(|(n, _)| n != name);
+        before - self.0.len()
+    }
+
+    /// A duration in seconds from an integer (or numeric string) AVP, used
+    /// for tm's `fr_timer_avp` / `fr_inv_timer_avp`.
+    pub fn seconds(&self, name: &str) -> Option<Duration> {
+        if name.is_empty() {
+            return None;
+        }
+        let v = self.read(&AvpName::Str(name.to_string()))?;
+        let secs = match v {
+            AvpValue::Int(i) => *i,
+            AvpValue::Str(s) => s.trim().parse().ok()?,
+        };
+        (secs > 0).then(|| Duration::from_secs(secs as u64))
+    }
+}
+
+/// An additional destination of a request (`append_branch`, `lookup`):
+/// parallel forking targets beside the Request-URI (RFC 3261 §16.6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BranchTarget {
+    pub uri: Uri,
+    pub dst_uri: Option<Uri>,
+    pub q: Option<f32>,
+}
+
+/// The message a route is running on, and everything a primitive may
+/// change about what happens to it.
+#[derive(Clone, Debug)]
+pub struct MsgCtx {
+    pub msg: SipMessage,
+    pub src: SocketAddr,
+    pub local: SocketId,
+    pub proto: Proto,
+    pub conn: Option<ConnId>,
+    pub kind: RouteKind,
+    /// SER message flags 0..=31; kept with the transaction (notes 24, 44).
+    pub flags: u32,
+    pub avps: Avps,
+    /// Next hop overriding the Request-URI (set by loose_route, lookup).
+    pub dst_uri: Option<Uri>,
+    pub branches: Vec<BranchTarget>,
+    pub on_reply: Option<RouteKey>,
+    pub on_failure: Option<RouteKey>,
+    /// A reply was sent for this request (stateless or stateful).
+    pub replied: bool,
+    /// The request was handed to tm or forwarded.
+    pub relayed: bool,
+    /// `drop()` was called.
+    pub dropped: bool,
+    /// The last internal error, for `sl_reply_error()`.
+    pub last_error: Option<(u16, String)>,
+    /// `record_route()` added our address for this socket (double
+    /// Record-Route when the request leaves by another socket).
+    pub rr_socket: Option<SocketId>,
+    /// Parameters of our own Route entry that `loose_route` consumed
+    /// (`check_route_param`, the `;nat=yes` of the reference).
+    pub route_params: Option<Params>,
+    /// In a failure route: the status of the winning reply.
+    pub reply_status: Option<u16>,
+    /// In a failure route: `t_relay()` asked for new branches.
+    pub failure_relay: bool,
+    /// In a failure route: a reply the script chose instead.
+    pub failure_reply: Option<(u16, String)>,
+}
+
+impl MsgCtx {
+    /// A context for a message that arrived.
+    pub fn new(msg: SipMessage, src: SocketAddr, local: SocketId, proto: Proto, conn: Option<ConnId>, kind: RouteKind) -> MsgCtx {
+        MsgCtx {
+            msg,
+            src,
+            local,
+            proto,
+            conn,
+            kind,
+            flags: 0,
+            avps: Avps::default(),
+            dst_uri: None,
+            branches: Vec::new(),
+            on_reply: None,
+            on_failure: None,
+            replied: false,
+            relayed: false,
+            dropped: false,
+            last_error: None,
+            rr_socket: None,
+            route_params: None,
+            reply_status: None,
+            failure_relay: false,
+            failure_reply: None,
+        }
+    }
+
+    /// Records an internal error for `sl_reply_error()`.
+    pub fn fail(&mut self, code: u16, reason: impl Into<String>) {
+        self.last_error = Some((code, reason.into()));
+    }
+}
+
+/// A runtime error raised by a primitive, shown to the admin with the
+/// script position Lua adds to it.
+pub fn lua_err(msg: impl Into<String>) -> mlua::Error {
+    mlua::Error::RuntimeError(msg.into())
+}
+
+/// A per-worker environment: the clock, outgoing messages, timers and the
+/// message being routed. One per worker thread (not shared).
+pub struct Env {
+    pub shared: Arc<Shared>,
+    pub worker: usize,
+    now: Cell<Instant>,
+    out: RefCell<Vec<Transmit>>,
+    pub(crate) timers: RefCell<TimerHeap<tm::TimerEvent>>,
+    ctx: RefCell<Option<MsgCtx>>,
+    regexes: RefCell<HashMap<String, Regex>>,
+    dns: RefCell<HashMap<(String, u16), (Instant, SocketAddr)>>,
+    /// Set by the I/O adapter while the worker is behind: new requests get
+    /// 503 instead of being routed.
+    pub overloaded: Cell<bool>,
+}
+
+impl Env {
+    /// A fresh environment for worker number `worker`.
+    pub fn new(shared: Arc<Shared>, worker: usize, now: Instant) -> Env {
+        Env {
+            shared,
+            worker,
+            now: Cell::new(now),
+            out: RefCell::new(Vec::new()),
+            timers: RefCell::new(TimerHeap::default()),
+            ctx: RefCell::new(None),
+            regexes: RefCell::new(HashMap::new()),
+            dns: RefCell::new(HashMap::new()),
+            overloaded: Cell::new(false),
+        }
+    }
+
+    /// The current time (real or virtual).
+    pub fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    /// Moves the clock (the adapter calls this before each event).
+    pub fn set_now(&self, now: Instant) {
+        self.now.set(now);
+    }
+
+    /// Queues bytes for sending.
+    pub fn send(&self, t: Transmit) {
+        self.out.borrow_mut().push(t);
+    }
+
+    /// Sends `data` to a resolved target.
+    pub fn send_to(&self, target: &Target, data: bytes::Bytes) {
+        self.send(Transmit { local: target.local, proto: target.proto, dst: target.dst, conn: target.conn, data });
+    }
+
+    /// Takes everything queued for sending.
+    pub fn take_transmits(&self) -> Vec<Transmit> {
+        std::mem::take(&mut *self.out.borrow_mut())
+    }
+
+    /// Moves queued transmits into `into` (keeps both allocations).
+    pub fn drain_transmits(&self, into: &mut Vec<Transmit>) {
+        into.append(&mut self.out.borrow_mut());
+    }
+
+    /// Arms a tm timer `after` from now.
+    pub fn arm(&self, after: Duration, ev: tm::TimerEvent) {
+        self.timers.borrow_mut().arm(self.now() + after, ev);
+    }
+
+    /// The earliest armed timer.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.borrow().next_deadline()
+    }
+
+    /// Removes one timer due now.
+    pub fn pop_due_timer(&self) -> Option<tm::TimerEvent> {
+        let now = self.now();
+        self.timers.borrow_mut().pop_due(now)
+    }
+
+    /// Puts a context in place for a route run.
+    pub fn set_ctx(&self, ctx: MsgCtx) {
+        *self.ctx.borrow_mut() = Some(ctx);
+    }
+
+    /// Takes the context back after a route run.
+    pub fn take_ctx(&self) -> Option<MsgCtx> {
+        self.ctx.borrow_mut().take()
+    }
+
+    /// Runs `f` on the message being routed, after checking that `export`
+    /// may be called in this kind of route (Kamailio's per-function route
+    /// flags).
+    pub fn with_ctx<R>(&self, export: &Export, f: impl FnOnce(&mut MsgCtx) -> mlua::Result<R>) -> mlua::Result<R> {
+        let mut slot = self.ctx.try_borrow_mut().map_err(|_| lua_err(format!("{}() called re-entrantly", export.name)))?;
+        let ctx = slot
+            .as_mut()
+            .ok_or_else(|| lua_err(format!("{}() can only be called while a route runs, not at load time", export.name)))?;
+        if !export.routes.allows(ctx.kind) {
+            return Err(lua_err(format!("{}() is not allowed in {}", export.name, ctx.kind.table())));
+        }
+        f(ctx)
+    }
+
+    /// Runs `f` on the message being routed without a route-kind check
+    /// (the `msg` object).
+    pub fn with_msg<R>(&self, f: impl FnOnce(&mut MsgCtx) -> mlua::Result<R>) -> mlua::Result<R> {
+        let mut slot = self.ctx.try_borrow_mut().map_err(|_| lua_err("msg used re-entrantly"))?;
+        let ctx = slot.as_mut().ok_or_else(|| lua_err("msg is only available while a route runs"))?;
+        f(ctx)
+    }
+
+    /// A compiled regex, cached per worker (ser.cfg compiles each regex
+    /// once at load). `pattern` is used as given, so callers add flags.
+    pub fn regex(&self, pattern: &str) -> Result<Regex, String> {
+        if let Some(r) = self.regexes.borrow().get(pattern) {
+            return Ok(r.clone());
+        }
+        let r = Regex::new(pattern).map_err(|e| format!("bad regular expression: {e}"))?;
+        let mut cache = self.regexes.borrow_mut();
+        // A script building patterns at run time must not grow the cache forever.
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(pattern.to_string(), r.clone());
+        Ok(r)
+    }
+
+    /// Resolves a host to an address (IP literals directly; names through
+    /// the system resolver, cached for 60 s). RFC 3263 SRV/NAPTR lookups
+    /// are not done yet.
+    pub fn resolve(&self, host: &Host, port: u16) -> Option<SocketAddr> {
+        if let Some(ip) = host.ip {
+            return Some(SocketAddr::new(ip, port));
+        }
+        let key = (host.text.to_ascii_lowercase(), port);
+        let now = self.now();
+        if let Some((at, addr)) = self.dns.borrow().get(&key) {
+            if now.saturating_duration_since(*at) < Duration::from_secs(60) {
+                return Some(*addr);
+            }
+        }
+        let addr = (key.0.as_str(), port).to_socket_addrs().ok()?.next()?;
+        self.dns.borrow_mut().insert(key, (now, addr));
+        Some(addr)
+    }
+
+    /// The listen socket with this id.
+    pub fn socket(&self, id: SocketId) -> Option<&ListenSocket> {
+        self.shared.sockets.get(id as usize)
+    }
+
+    /// The socket to send to `dst` over `proto`: the preferred one if it
+    /// fits (same transport and address family), else the first that does.
+    pub fn pick_socket(&self, proto: Proto, dst: SocketAddr, prefer: SocketId) -> Option<&ListenSocket> {
+        let fits = |s: &&ListenSocket| s.proto == proto && s.addr.is_ipv4() == dst.is_ipv4();
+        self.socket(prefer).filter(fits).or_else(|| self.shared.sockets.iter().find(fits))
+    }
+}

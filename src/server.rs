@@ -1,0 +1,418 @@
+//! The live proxy: binds the listen sockets, starts `children` worker
+//! threads (each a single-threaded tokio runtime with its own Lua VM and
+//! its own SO_REUSEPORT sockets), runs their timers, and stops on SIGINT
+//! or SIGTERM.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Notify, mpsc};
+
+use crate::core::Shared;
+use crate::sip::framing::{FrameError, next_message};
+use crate::transport::tcp::{SendOutcome, TcpManager};
+use crate::transport::{ConnId, Incoming, Proto, SocketId, Transmit, udp};
+use crate::worker::Worker;
+
+/// A connection handed to a worker.
+enum TcpTask {
+    Accepted(std::net::TcpStream, SocketId, SocketAddr),
+}
+
+/// What a worker's tasks share.
+struct Io {
+    udp: HashMap<SocketId, Rc<UdpSocket>>,
+    tcp: Arc<TcpManager>,
+    timer_wake: Notify,
+    /// The deadline the timer task sleeps until.
+    timer_at: Cell<Option<Instant>>,
+}
+
+type WorkerRc = Rc<RefCell<Worker>>;
+
+/// Runs the proxy until a signal stops it.
+pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
+    let children = shared.cfg.children.max(1);
+    let mut udp_sockets: Vec<Vec<(SocketId, std::net::UdpSocket)>> = (0..children).map(|_| Vec::new()).collect();
+    let mut tcp_listeners = Vec::new();
+    for s in &shared.sockets {
+        match s.proto {
+            Proto::Udp => {
+                for (w, list) in udp_sockets.iter_mut().enumerate() {
+                    let sock = udp::bind_reuseport(s.addr).with_context(|| format!("cannot listen on udp:{} (worker {w})", s.addr))?;
+                    list.push((s.id, sock));
+                }
+            }
+            Proto::Tcp => {
+                let l = std::net::TcpListener::bind(s.addr).with_context(|| format!("cannot listen on tcp:{}", s.addr))?;
+                l.set_nonblocking(true)?;
+                tcp_listeners.push((s.id, l));
+            }
+        }
+    }
+    if shared.sockets.is_empty() {
+        bail!("nothing to listen on: set `listen` in the script or pass --listen");
+    }
+    let tcp = TcpManager::new(shared.cfg.tcp_max_msg, shared.cfg.tcp_idle);
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let mut tcp_txs = Vec::new();
+    let mut tcp_rxs = Vec::new();
+    for _ in 0..children {
+        let (tx, rx) = mpsc::unbounded_channel::<TcpTask>();
+        tcp_txs.push(tx);
+        tcp_rxs.push(Some(rx));
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut handles = Vec::new();
+    let mut listeners = Some(tcp_listeners);
+    for (w, socks) in udp_sockets.into_iter().enumerate() {
+        let shared = shared.clone();
+        let script = script.clone();
+        let tcp = tcp.clone();
+        let shutdown = shutdown.clone();
+        let ready = ready_tx.clone();
+        let tcp_rx = tcp_rxs[w].take();
+        // Worker 0 also accepts TCP connections and deals them out.
+        let accept = if w == 0 { listeners.take().map(|l| (l, tcp_txs.clone())) } else { None };
+        let h = std::thread::Builder::new().name(format!("serlua-w{w}")).spawn(move || {
+            worker_thread(w, shared, script, socks, tcp, tcp_rx, accept, shutdown, ready);
+        })?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..children {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.notify_waiters();
+                bail!("{e}");
+            }
+            Err(_) => bail!("a worker thread died while starting"),
+        }
+    }
+    for s in &shared.sockets {
+        tracing::info!("listening on {}:{} (advertised as {})", s.proto, s.addr, s.adv_hostport());
+    }
+    tracing::info!("serlua started with {children} workers");
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    if signals.forever().next().is_some() {
+        tracing::info!("signal received, stopping");
+        let sd = shutdown.clone();
+        std::thread::spawn(move || {
+            // A second signal stops at once.
+            if signals.forever().next().is_some() {
+                std::process::exit(1);
+            }
+            drop(sd);
+        });
+    }
+    shutdown.notify_waiters();
+    // Workers wake on the notification; give them a moment, then leave.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for h in handles {
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker_thread(
+    w: usize,
+    shared: Arc<Shared>,
+    script: PathBuf,
+    socks: Vec<(SocketId, std::net::UdpSocket)>,
+    tcp: Arc<TcpManager>,
+    tcp_rx: Option<mpsc::UnboundedReceiver<TcpTask>>,
+    accept: Option<(Vec<(SocketId, std::net::TcpListener)>, Vec<mpsc::UnboundedSender<TcpTask>>)>,
+    shutdown: Arc<tokio::sync::Notify>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {w}: cannot start runtime: {e}")));
+            return;
+        }
+    };
+    let worker = match Worker::new(shared.clone(), w, &script, Instant::now()) {
+        Ok(wk) => wk,
+        Err(e) => {
+            let _ = ready.send(Err(e.0));
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let worker: WorkerRc = Rc::new(RefCell::new(worker));
+        let mut udp_map = HashMap::new();
+        for (id, s) in socks {
+            match UdpSocket::from_std(s) {
+                Ok(u) => {
+                    udp_map.insert(id, Rc::new(u));
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("worker {w}: {e}")));
+                    return;
+                }
+            }
+        }
+        let io = Rc::new(Io { udp: udp_map, tcp, timer_wake: Notify::new(), timer_at: Cell::new(None) });
+        for (id, sock) in io.udp.clone() {
+            tokio::task::spawn_local(udp_loop(worker.clone(), io.clone(), id, sock));
+        }
+        tokio::task::spawn_local(timer_loop(worker.clone(), io.clone()));
+        if let Some(mut rx) = tcp_rx {
+            let (wk, io2) = (worker.clone(), io.clone());
+            tokio::task::spawn_local(async move {
+                while let Some(TcpTask::Accepted(stream, local, peer)) = rx.recv().await {
+                    match TcpStream::from_std(stream) {
+                        Ok(s) => {
+                            let (id, qrx) = io2.tcp.register(peer, local);
+                            tokio::task::spawn_local(tcp_conn(wk.clone(), io2.clone(), s, id, local, peer, qrx));
+                        }
+                        Err(e) => tracing::warn!("tcp connection from {peer}: {e}"),
+                    }
+                }
+            });
+        }
+        if let Some((listeners, txs)) = accept {
+            for (id, l) in listeners {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        tokio::task::spawn_local(accept_loop(l, id, txs.clone()));
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("tcp listener: {e}")));
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        shutdown.notified().await;
+    });
+}
+
+async fn accept_loop(l: tokio::net::TcpListener, id: SocketId, txs: Vec<mpsc::UnboundedSender<TcpTask>>) {
+    let mut next = 0usize;
+    loop {
+        match l.accept().await {
+            Ok((s, peer)) => {
+                let _ = s.set_nodelay(true);
+                match s.into_std() {
+                    Ok(std) => {
+                        let _ = txs[next % txs.len()].send(TcpTask::Accepted(std, id, peer));
+                        next += 1;
+                    }
+                    Err(e) => tracing::warn!("tcp accept: {e}"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!("tcp accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Sends what the worker queued; wakes the timer task when an earlier
+/// timer was armed.
+fn flush(worker: &WorkerRc, w: &mut Worker, io: &Rc<Io>) {
+    let out = w.take_transmits();
+    for t in out {
+        send(worker, io, t);
+    }
+    if let Some(next) = w.next_timeout() {
+        if io.timer_at.get().is_none_or(|at| next < at) {
+            io.timer_at.set(Some(next));
+            io.timer_wake.notify_one();
+        }
+    }
+}
+
+fn send(worker: &WorkerRc, io: &Rc<Io>, t: Transmit) {
+    match t.proto {
+        Proto::Udp => {
+            let Some(sock) = io.udp.get(&t.local) else {
+                tracing::warn!("no UDP socket {} in this worker", t.local);
+                return;
+            };
+            match sock.try_send_to(&t.data, t.dst) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let sock = sock.clone();
+                    tokio::task::spawn_local(async move {
+                        if let Err(e) = sock.send_to(&t.data, t.dst).await {
+                            tracing::warn!("send to {}: {e}", t.dst);
+                        }
+                    });
+                }
+                Err(e) => tracing::debug!("send to {}: {e}", t.dst),
+            }
+        }
+        Proto::Tcp => {
+            let dst = t.dst;
+            let local = t.local;
+            match io.tcp.send(t) {
+                SendOutcome::Queued => {}
+                SendOutcome::Dropped => tracing::warn!("tcp queue to {dst} full or closed: message dropped"),
+                SendOutcome::Connect(id, rx) => {
+                    let (wk, io2) = (worker.clone(), io.clone());
+                    tokio::task::spawn_local(async move {
+                        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(dst)).await {
+                            Ok(Ok(s)) => {
+                                let _ = s.set_nodelay(true);
+                                tcp_conn(wk, io2, s, id, local, dst, rx).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!("tcp connect to {dst}: {e}");
+                                io2.tcp.unregister(id);
+                            }
+                            Err(_) => {
+                                tracing::warn!("tcp connect to {dst}: timed out");
+                                io2.tcp.unregister(id);
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn udp_loop(worker: WorkerRc, io: Rc<Io>, id: SocketId, sock: Rc<UdpSocket>) {
+    let mut buf = vec![0u8; 65536];
+    let fd = sock.as_raw_fd();
+    loop {
+        if let Err(e) = sock.readable().await {
+            tracing::error!("udp socket {id}: {e}");
+            return;
+        }
+        let mut n = 0u32;
+        loop {
+            match sock.try_recv_from(&mut buf) {
+                Ok((len, src)) => {
+                    let data = Bytes::copy_from_slice(&buf[..len]);
+                    let mut w = worker.borrow_mut();
+                    w.handle(Instant::now(), Incoming { local: id, proto: Proto::Udp, src, conn: None, data });
+                    flush(&worker, &mut w, &io);
+                    n += 1;
+                    if n % 32 == 0 {
+                        // Falling behind: more than half the receive buffer waits.
+                        let over = udp::queued_bytes(fd).is_some_and(|(q, cap)| q > cap / 2);
+                        if over != w.env.overloaded.get() {
+                            w.env.overloaded.set(over);
+                            if over {
+                                tracing::warn!("worker {} overloaded: answering new requests with 503", w.env.worker);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on Linux.
+                    tracing::debug!("udp recv: {e}");
+                }
+            }
+        }
+        let w = worker.borrow();
+        if w.env.overloaded.get() {
+            w.env.overloaded.set(false);
+        }
+    }
+}
+
+async fn timer_loop(worker: WorkerRc, io: Rc<Io>) {
+    loop {
+        let next = worker.borrow().next_timeout();
+        io.timer_at.set(next);
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = io.timer_wake.notified() => continue,
+                }
+            }
+            None => {
+                io.timer_wake.notified().await;
+                continue;
+            }
+        }
+        let mut w = worker.borrow_mut();
+        w.handle_timeouts(Instant::now());
+        io.timer_at.set(None);
+        flush(&worker, &mut w, &io);
+    }
+}
+
+async fn tcp_conn(worker: WorkerRc, io: Rc<Io>, stream: TcpStream, id: ConnId, local: SocketId, peer: SocketAddr, mut rx: mpsc::Receiver<Bytes>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(b) = rx.recv().await {
+            if let Err(e) = wr.write_all(&b).await {
+                tracing::debug!("tcp write to {peer}: {e}");
+                break;
+            }
+        }
+    });
+    let mut buf = BytesMut::with_capacity(8192);
+    let idle = io.tcp.idle;
+    let max = io.tcp.max_msg;
+    'conn: loop {
+        match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+            Err(_) => {
+                tracing::debug!("tcp connection {peer} idle: closing");
+                break;
+            }
+            Ok(Ok(0)) => break,
+            Ok(Err(e)) => {
+                tracing::debug!("tcp read from {peer}: {e}");
+                break;
+            }
+            Ok(Ok(_)) => {}
+        }
+        loop {
+            match next_message(&buf, max) {
+                Ok(Some((skip, len))) => {
+                    let frame = buf.split_to(skip + len).freeze();
+                    if skip >= 4 && len == 0 {
+                        // RFC 5626 §3.5.1 keep-alive: double CRLF gets a CRLF back.
+                        let _ = io.tcp.send(Transmit { local, proto: Proto::Tcp, dst: peer, conn: Some(id), data: Bytes::from_static(b"\r\n") });
+                        continue;
+                    }
+                    if len == 0 {
+                        continue;
+                    }
+                    let data = frame.slice(skip..);
+                    let mut w = worker.borrow_mut();
+                    w.handle(Instant::now(), Incoming { local, proto: Proto::Tcp, src: peer, conn: Some(id), data });
+                    flush(&worker, &mut w, &io);
+                }
+                Ok(None) => break,
+                Err(FrameError::TooLarge(n)) => {
+                    tracing::warn!("tcp {peer}: message larger than {n} bytes: closing");
+                    break 'conn;
+                }
+                Err(e) => {
+                    tracing::warn!("tcp {peer}: {e}: closing");
+                    break 'conn;
+                }
+            }
+        }
+    }
+    io.tcp.unregister(id);
+    writer.abort();
+}
