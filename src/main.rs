@@ -44,7 +44,7 @@ fn init_logging(debug: Option<i64>) {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
         _ => tracing_subscriber::EnvFilter::new(app::debug_filter(debug)),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).init();
 }
 
 fn main() -> ExitCode {

@@ -17,7 +17,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,7 @@ pub struct Branch {
     /// Last status received (408 stands in for a timeout).
     pub status: u16,
     /// The final negative reply, our Via already removed.
-    pub reply: Option<SipMessage>,
+    pub reply: Option<Box<SipMessage>>,
     retrans_gen: u32,
     retrans_every: Duration,
     timeout_gen: u32,
@@ -138,8 +138,9 @@ pub struct Txn {
     pub id: u64,
     key: String,
     pub method: Method,
-    /// The request as the script left it (upstream Vias only).
-    pub request: SipMessage,
+    /// The request as the script left it (upstream Vias only); dropped once
+    /// the transaction is answered ([`compact`]).
+    request: Option<Box<SipMessage>>,
     /// Where replies go upstream (RFC 3261 §18.2.2).
     pub origin: Target,
     pub flags: u32,
@@ -179,10 +180,12 @@ pub enum TimerKind {
     Delete,
 }
 
-/// A tm timer, armed on one worker's queue.
+/// A tm timer, armed on one worker's queue. It holds the transaction
+/// weakly: a transaction that ended is freed at once, not when its last
+/// superseded timer (up to fr_inv_timer later) comes due.
 #[derive(Debug)]
 pub struct TimerEvent {
-    pub txn: Arc<TxnCell>,
+    pub txn: Weak<TxnCell>,
     pub kind: TimerKind,
     pub branch: u16,
     pub generation: u32,
@@ -362,7 +365,7 @@ pub fn absorb(env: &Env, msg: &SipMessage) -> bool {
                     t.uas = UasState::Confirmed;
                     t.g_gen += 1;
                     let wait = if t.origin.proto.is_reliable() { Duration::ZERO } else { T4 };
-                    env.arm(wait, TimerEvent { txn: cell.clone(), kind: TimerKind::Delete, branch: 0, generation: 0 });
+                    env.arm(wait, timer(&cell, TimerKind::Delete, 0, 0));
                     true
                 }
                 UasState::Confirmed => true,
@@ -450,7 +453,7 @@ pub fn t_relay(env: &Env, ctx: &mut MsgCtx, hop: Option<(Host, Option<u16>)>) ->
         id,
         key: key.clone(),
         method: method.clone(),
-        request: ctx.msg.clone(),
+        request: Some(Box::new(ctx.msg.clone())),
         origin,
         flags: ctx.flags,
         avps: ctx.avps.clone(),
@@ -485,7 +488,7 @@ pub fn t_relay(env: &Env, ctx: &mut MsgCtx, hop: Option<(Host, Option<u16>)>) ->
     table.by_id.insert(id, cell.clone());
     table.live.fetch_add(1, Ordering::Relaxed);
     if method == Method::Invite {
-        let trying = sl::build_reply(&t.request, 100, "Trying", None, &[]);
+        let trying = sl::build_reply(&ctx.msg, 100, "Trying", None, &[]);
         let bytes = trying.to_bytes();
         env.send_to(&t.origin, bytes.clone());
         t.uas_reply = Some(bytes);
@@ -526,7 +529,11 @@ fn add_branches(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, targets: Vec<(Uri, 
         };
         let idx = t.branches.len() as u16;
         let id = format!("{}.{:x}.{idx}", env.shared.branch_prefix, t.id);
-        let Some(bytes) = branch_request(env, &t.request, &uri, &target, &id, t.rr_socket) else {
+        let Some(base) = t.request.as_deref() else {
+            last_err = Some((500, "Server Internal Error".into()));
+            break;
+        };
+        let Some(bytes) = branch_request(env, base, &uri, &target, &id, t.rr_socket) else {
             last_err = Some((500, "Server Internal Error".into()));
             continue;
         };
@@ -547,10 +554,10 @@ fn add_branches(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, targets: Vec<(Uri, 
             ack: None,
         });
         if !target.proto.is_reliable() {
-            env.arm(cfg.t1, TimerEvent { txn: cell.clone(), kind: TimerKind::Retransmit, branch: idx, generation: 0 });
+            env.arm(cfg.t1, timer(&cell, TimerKind::Retransmit, idx, 0));
         }
         let first_wait = if t.method == Method::Invite { t.fr.min(t.fr_inv) } else { t.fr };
-        env.arm(first_wait, TimerEvent { txn: cell.clone(), kind: TimerKind::Timeout, branch: idx, generation: 0 });
+        env.arm(first_wait, timer(&cell, TimerKind::Timeout, idx, 0));
         sent += 1;
     }
     if sent > 0 { Ok(()) } else { Err(last_err.unwrap_or((500, "Server Internal Error - no destination".into()))) }
@@ -597,7 +604,7 @@ fn cancel_branch(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, i: usize) {
             Stats::inc(&env.shared.stats.fwd_requests);
             let generation = 0;
             if !b.target.proto.is_reliable() {
-                env.arm(t1, TimerEvent { txn: cell.clone(), kind: TimerKind::CancelRetransmit, branch: i as u16, generation });
+                env.arm(t1, timer(&cell, TimerKind::CancelRetransmit, i as u16, generation));
             }
             b.cancel = CancelState::Sent { bytes, every: t1, generation };
         }
@@ -640,10 +647,28 @@ fn hop_request(req: &SipMessage, method: Method, to: &[u8]) -> Bytes {
     SipMessage::new_request(method, uri, &h, b"").to_bytes()
 }
 
+/// Once the final reply went upstream and no branch is pending, only what
+/// absorbs retransmissions stays (the last reply, our ACKs, the states):
+/// the request copies go, so the `wait_timer` linger costs little memory.
+fn compact(t: &mut Txn) {
+    if t.request.is_none() || t.uas_status < 200 || t.branches.iter().any(|b| b.state.pending()) {
+        return;
+    }
+    t.request = None;
+    for b in &mut t.branches {
+        b.request = Bytes::new();
+        b.reply = None;
+    }
+}
+
+fn timer(cell: &Arc<TxnCell>, kind: TimerKind, branch: u16, generation: u32) -> TimerEvent {
+    TimerEvent { txn: Arc::downgrade(cell), kind, branch, generation }
+}
+
 fn arm_delete(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn) {
     if !t.delete_armed {
         t.delete_armed = true;
-        env.arm(env.shared.cfg.tm.wait_timer, TimerEvent { txn: cell.clone(), kind: TimerKind::Delete, branch: 0, generation: 0 });
+        env.arm(env.shared.cfg.tm.wait_timer, timer(&cell, TimerKind::Delete, 0, 0));
     }
 }
 
@@ -661,9 +686,9 @@ fn send_upstream(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, status: u16, bytes
         t.uas = UasState::Completed;
         if !t.origin.proto.is_reliable() {
             t.g_every = cfg.t1;
-            env.arm(cfg.t1, TimerEvent { txn: cell.clone(), kind: TimerKind::ReplyRetransmit, branch: 0, generation: t.g_gen });
+            env.arm(cfg.t1, timer(&cell, TimerKind::ReplyRetransmit, 0, t.g_gen));
         }
-        env.arm(cfg.t1 * 64, TimerEvent { txn: cell.clone(), kind: TimerKind::AckTimeout, branch: 0, generation: 0 });
+        env.arm(cfg.t1 * 64, timer(&cell, TimerKind::AckTimeout, 0, 0));
     } else {
         t.uas = if t.method == Method::Invite { UasState::Accepted } else { UasState::Done };
         arm_delete(env, cell, t);
@@ -672,7 +697,8 @@ fn send_upstream(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, status: u16, bytes
 
 /// A reply this proxy generates for the transaction (408, 487, 500 …).
 fn reply_local(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, status: u16, reason: &str) {
-    let m = sl::build_reply(&t.request, status, reason, Some(&t.to_tag), &[]);
+    let Some(req) = t.request.as_deref() else { return };
+    let m = sl::build_reply(req, status, reason, Some(&t.to_tag), &[]);
     Stats::inc(&env.shared.stats.local_replies);
     send_upstream(env, cell, t, status, m.to_bytes());
 }
@@ -706,6 +732,14 @@ pub fn on_reply(env: &Env, script: &Script, msg: SipMessage, src: std::net::Sock
     };
     let mut guard = cell.lock();
     let t = &mut *guard;
+    reply_locked(env, script, &cell, t, idx, msg, src, local);
+    compact(t);
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reply_locked(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn, idx: u16, msg: SipMessage, src: std::net::SocketAddr, local: SocketId) -> bool {
+    let cell = cell.clone();
     let i = idx as usize;
     if t.deleted || i >= t.branches.len() {
         return true;
@@ -733,13 +767,13 @@ pub fn on_reply(env: &Env, script: &Script, msg: SipMessage, src: std::net::Sock
             if t.method != Method::Invite && !b.target.proto.is_reliable() {
                 // Timer E continues at T2 in Proceeding (RFC 3261 §17.1.2.2).
                 b.retrans_every = cfg.t2;
-                env.arm(cfg.t2, TimerEvent { txn: cell.clone(), kind: TimerKind::Retransmit, branch: idx, generation: b.retrans_gen });
+                env.arm(cfg.t2, timer(&cell, TimerKind::Retransmit, idx, b.retrans_gen));
             }
         }
         b.status = status;
         if t.method == Method::Invite {
             b.timeout_gen += 1;
-            env.arm(t.fr_inv, TimerEvent { txn: cell.clone(), kind: TimerKind::Timeout, branch: idx, generation: b.timeout_gen });
+            env.arm(t.fr_inv, timer(&cell, TimerKind::Timeout, idx, b.timeout_gen));
         }
         if b.cancel == CancelState::Pending {
             b.cancel = CancelState::None;
@@ -806,7 +840,7 @@ pub fn on_reply(env: &Env, script: &Script, msg: SipMessage, src: std::net::Sock
     }
     let (mut msg, _) = run_reply_route(env, script, t, msg, src, local);
     msg.remove_first_value(&HeaderName::Via);
-    t.branches[i].reply = Some(msg);
+    t.branches[i].reply = Some(Box::new(msg));
     if t.method == Method::Invite && status >= 600 {
         for j in 0..t.branches.len() {
             if j != i && t.branches[j].state.pending() {
@@ -854,8 +888,8 @@ fn check_complete(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn) 
     };
     let best_status = t.branches[best].status;
     if let Some(route) = t.on_failure.take() {
-        if !t.canceled {
-            let mut ctx = MsgCtx::new(t.request.clone(), t.origin.dst, t.origin.local, t.origin.proto, t.origin.conn, RouteKind::Failure);
+        if let (false, Some(req)) = (t.canceled, t.request.as_deref().cloned()) {
+            let mut ctx = MsgCtx::new(req, t.origin.dst, t.origin.local, t.origin.proto, t.origin.conn, RouteKind::Failure);
             ctx.flags = t.flags;
             ctx.avps = std::mem::take(&mut t.avps);
             ctx.on_reply = t.on_reply.clone();
@@ -877,7 +911,7 @@ fn check_complete(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn) 
                 let Some(ruri) = ctx.msg.ruri().cloned() else { return };
                 let mut targets = vec![(ruri, ctx.dst_uri.clone())];
                 targets.extend(ctx.branches.drain(..).map(|b| (b.uri, b.dst_uri)));
-                t.request = ctx.msg;
+                t.request = Some(Box::new(ctx.msg));
                 match add_branches(env, cell, t, targets) {
                     Ok(()) => return,
                     Err((code, reason)) => tracing::warn!("failure route relay failed: {code} {reason}"),
@@ -890,7 +924,7 @@ fn check_complete(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn) 
 
 fn send_best(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, best: usize) {
     let status = t.branches[best].status;
-    let Some(reply) = t.branches[best].reply.clone() else {
+    let Some(reply) = t.branches[best].reply.as_deref().cloned() else {
         let reason = match status {
             487 => "Request Terminated",
             408 => "Request Timeout",
@@ -925,12 +959,18 @@ fn send_best(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, best: usize) {
 
 /// Runs a due tm timer.
 pub fn on_timer(env: &Env, script: &Script, ev: TimerEvent) {
-    let cell = ev.txn;
+    let Some(cell) = ev.txn.upgrade() else { return };
     let mut guard = cell.lock();
     let t = &mut *guard;
     if t.deleted {
         return;
     }
+    timer_locked(env, script, &cell, t, ev);
+    compact(t);
+}
+
+fn timer_locked(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn, ev: TimerEvent) {
+    let cell = cell.clone();
     let cfg = &env.shared.cfg.tm;
     let i = ev.branch as usize;
     match ev.kind {
@@ -943,7 +983,7 @@ pub fn on_timer(env: &Env, script: &Script, ev: TimerEvent) {
             }
             env.send_to(&b.target, b.request.clone());
             b.retrans_every = if is_invite { b.retrans_every * 2 } else { (b.retrans_every * 2).min(cfg.t2) };
-            env.arm(b.retrans_every, TimerEvent { txn: cell.clone(), kind: TimerKind::Retransmit, branch: ev.branch, generation: ev.generation });
+            env.arm(b.retrans_every, timer(&cell, TimerKind::Retransmit, ev.branch, ev.generation));
         }
         TimerKind::Timeout => {
             let canceled = t.canceled;
@@ -972,7 +1012,7 @@ pub fn on_timer(env: &Env, script: &Script, ev: TimerEvent) {
                 env.send_to(&t.origin, r.clone());
             }
             t.g_every = (t.g_every * 2).min(cfg.t2);
-            env.arm(t.g_every, TimerEvent { txn: cell.clone(), kind: TimerKind::ReplyRetransmit, branch: 0, generation: ev.generation });
+            env.arm(t.g_every, timer(&cell, TimerKind::ReplyRetransmit, 0, ev.generation));
         }
         TimerKind::AckTimeout => {
             if t.uas == UasState::Completed {
@@ -987,14 +1027,14 @@ pub fn on_timer(env: &Env, script: &Script, ev: TimerEvent) {
                 }
                 env.send_to(&b.target, bytes.clone());
                 *every = (*every * 2).min(cfg.t2);
-                env.arm(*every, TimerEvent { txn: cell.clone(), kind: TimerKind::CancelRetransmit, branch: ev.branch, generation: ev.generation });
+                env.arm(*every, timer(&cell, TimerKind::CancelRetransmit, ev.branch, ev.generation));
             }
         }
         TimerKind::Delete => {
             let pending = t.branches.iter().any(|b| b.state.pending());
             let old = env.now().saturating_duration_since(t.created) > MAX_LIFETIME;
             if (pending || t.uas == UasState::Completed) && !old {
-                env.arm(cfg.wait_timer, TimerEvent { txn: cell.clone(), kind: TimerKind::Delete, branch: 0, generation: 0 });
+                env.arm(cfg.wait_timer, timer(&cell, TimerKind::Delete, 0, 0));
                 return;
             }
             env.shared.tm.remove(t);

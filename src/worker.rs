@@ -10,7 +10,8 @@ use std::time::Instant;
 use crate::core::{Env, MsgCtx, Shared, Stats};
 use crate::script::export::RouteKind;
 use crate::script::{LoadError, RunOutcome, Script};
-use crate::sip::{HeaderName, Method, ParseError, SipMessage};
+use crate::sip::msg::semantic_check;
+use crate::sip::{HeaderName, Method, SipMessage};
 use crate::sl;
 use crate::tm;
 use crate::transport::{Incoming, Proto, Transmit};
@@ -146,9 +147,4 @@ pub fn stamp_received(msg: &mut SipMessage, src: std::net::SocketAddr) {
         v.params.set("rport", Some(&src.port().to_string()));
     }
     msg.set_first_value(&HeaderName::Via, v.to_string().as_bytes());
-}
-
-// Placeholder until the parser's semantic checks land.
-fn semantic_check(_m: &SipMessage) -> Result<(), ParseError> {
-    Ok(())
 }
