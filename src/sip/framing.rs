@@ -1,10 +1,10 @@
 //! Message framing on stream transports (RFC 3261 §18.3): on TCP the
 //! Content-Length header is mandatory and delimits each message.
 
-use memchr::{memchr, memmem};
+use memchr::memchr;
 
 use super::header::{hid, index_of_name};
-use super::parse::{parse_content_length, value_text};
+use super::parse::{find_crlf, find_crlfcrlf, parse_content_length, value_text};
 
 /// Why a stream cannot be framed; the connection is closed after an error
 /// reply where one is possible.
@@ -38,7 +38,7 @@ pub fn next_message(buf: &[u8], max: usize) -> Result<Option<(usize, usize)>, Fr
         return Ok(None);
     }
     // The header section ends with the first empty line.
-    let Some(end) = memmem::find(rest, b"\r\n\r\n") else {
+    let Some(end) = find_crlfcrlf(rest) else {
         if rest.len() > max {
             return Err(FrameError::TooLarge(max));
         }
@@ -51,7 +51,7 @@ pub fn next_message(buf: &[u8], max: usize) -> Result<Option<(usize, usize)>, Fr
     let mut content_length: Option<usize> = None;
     // Header fields start after the start line; a field continues on lines
     // starting with SP/HTAB.
-    let Some(first) = memmem::find(rest, b"\r\n") else {
+    let Some(first) = find_crlf(rest) else {
         return Ok(None);
     };
     let head = &rest[..end + 2];
@@ -59,7 +59,7 @@ pub fn next_message(buf: &[u8], max: usize) -> Result<Option<(usize, usize)>, Fr
     while p < head.len() {
         let mut q = p;
         let field_end = loop {
-            match memmem::find(&head[q..], b"\r\n") {
+            match find_crlf(&head[q..]) {
                 Some(i) if q + i + 2 < head.len() && matches!(head[q + i + 2], b' ' | b'\t') => {
                     q += i + 2;
                 }

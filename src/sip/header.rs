@@ -200,8 +200,15 @@ pub(crate) fn index_of_name(name: &[u8]) -> u8 {
             .find(|(l, _)| *l == c)
             .map_or(hid::OTHER, |(_, i)| *i);
     }
+    let Some(first) = name.first().map(u8::to_ascii_lowercase) else {
+        return hid::OTHER;
+    };
     LONG.iter()
-        .position(|l| l.len() == name.len() && l.as_bytes().eq_ignore_ascii_case(name))
+        .position(|l| {
+            l.len() == name.len()
+                && l.as_bytes()[0].to_ascii_lowercase() == first
+                && l.as_bytes().eq_ignore_ascii_case(name)
+        })
         .map_or(hid::OTHER, |i| i as u8)
 }
 
@@ -469,6 +476,14 @@ fn via_head(i: &str) -> nom::IResult<&str, ViaHead<'_>> {
     Ok((i, (name, version, transport, host, port)))
 }
 
+fn protocol(name: &str, version: &str) -> String {
+    let mut p = String::with_capacity(name.len() + version.len() + 1);
+    p.push_str(name);
+    p.push('/');
+    p.push_str(version);
+    p
+}
+
 impl Via {
     /// Parses one Via value (`SIP/2.0/UDP host:port;params`), including
     /// LWS around the slashes and the colon as RFC 4475 §3.1.1.1 shows.
@@ -482,7 +497,7 @@ impl Via {
             return Err(bad());
         }
         Ok(Via {
-            protocol: format!("{name}/{version}"),
+            protocol: protocol(name, version),
             transport: transport.to_string(),
             host: Host::parse(host).map_err(|_| bad())?,
             port,
@@ -500,7 +515,7 @@ impl Via {
             .map(|(_, p)| p)
             .unwrap_or_default();
         Some(Via {
-            protocol: format!("{name}/{version}"),
+            protocol: protocol(name, version),
             transport: transport.to_string(),
             host: Host::parse(host).ok()?,
             port,
@@ -681,6 +696,15 @@ impl CSeq {
 /// Via check of RFC 4475 §3.1.2.1). Ranges are trimmed of LWS.
 pub(crate) fn split_list_raw(value: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
+    if memchr::memchr2(b'"', b'<', value).is_none() {
+        let mut start = 0;
+        for comma in memchr::memchr_iter(b',', value) {
+            out.push(trim_range(value, start, comma));
+            start = comma + 1;
+        }
+        out.push(trim_range(value, start, value.len()));
+        return out;
+    }
     let mut start = 0;
     let mut in_quote = false;
     let mut in_angle = false;

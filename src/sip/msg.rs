@@ -1038,7 +1038,8 @@ v=0\n";
         assert_eq!(m.vias().len(), 1);
         assert_eq!(m.top_via().host.text, "b.example.com");
         assert_eq!(
-            m.remove_first_value(&HeaderName::Via).map(|v| !v.is_empty()),
+            m.remove_first_value(&HeaderName::Via)
+                .map(|v| !v.is_empty()),
             Some(true)
         );
         assert!(m.vias().is_empty());

@@ -7,6 +7,7 @@
 //! line structure is then ambiguous, it is dropped rather than answered.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use memchr::{memchr, memmem, memrchr};
@@ -178,7 +179,24 @@ pub(crate) fn unfold(v: &[u8]) -> Cow<'_, [u8]> {
 
 /// Header bytes as text: borrowed when UTF-8, else lossily converted.
 pub(crate) fn as_text(v: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(v)
+    match std::str::from_utf8(v) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v),
+    }
+}
+
+static CRLF: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\r\n"));
+static CRLFCRLF: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+
+/// Position of the first CRLF in `h`.
+pub(crate) fn find_crlf(h: &[u8]) -> Option<usize> {
+    CRLF.find(h)
+}
+
+/// Position of the first empty line (CRLF CRLF) in `h`.
+pub(crate) fn find_crlfcrlf(h: &[u8]) -> Option<usize> {
+    CRLFCRLF.find(h)
 }
 
 /// Folding undone, then as text.
@@ -404,7 +422,7 @@ pub(crate) fn scan_fields(
         let line_start = p;
         let mut q = p;
         let (field_end, next) = loop {
-            match memmem::find(&b[q..end], b"\r\n") {
+            match find_crlf(&b[q..end]) {
                 Some(i) => {
                     let c = q + i;
                     if c + 2 < end && matches!(b[c + 2], b' ' | b'\t') {
@@ -597,7 +615,7 @@ pub(crate) fn parse_message(buf: Bytes) -> Result<Inner, ParseError> {
     if pos >= b.len() {
         return Err(Fail::drop("empty message").into_error());
     }
-    let Some(sl_len) = memmem::find(&b[pos..], b"\r\n") else {
+    let Some(sl_len) = find_crlf(&b[pos..]) else {
         return Err(Fail::drop("no CRLF after the start line").into_error());
     };
     let sl_end = pos + sl_len;
@@ -609,7 +627,7 @@ pub(crate) fn parse_message(buf: Bytes) -> Result<Inner, ParseError> {
     let (hdr_end, body_start, terminated) = if b[sl_end..].starts_with(b"\r\n\r\n") {
         (hdr_from, sl_end + 4, true)
     } else {
-        match memmem::find(&b[hdr_from..], b"\r\n\r\n") {
+        match find_crlfcrlf(&b[hdr_from..]) {
             Some(i) => (hdr_from + i + 2, hdr_from + i + 4, true),
             None => (b.len(), b.len(), false),
         }
@@ -639,21 +657,21 @@ pub(crate) fn parse_message(buf: Bytes) -> Result<Inner, ParseError> {
         }
     }
     if fail.is_none() {
-        let missing = if found.vias.is_empty() {
-            Some("Via")
-        } else if found.from.is_none() {
-            Some("From")
-        } else if found.to.is_none() {
-            Some("To")
-        } else if found.call_id.is_none() {
-            Some("Call-ID")
-        } else if found.cseq.is_none() {
-            Some("CSeq")
-        } else {
-            None
-        };
-        if let Some(m) = missing {
-            set(&mut fail, Fail::bad(&format!("missing {m}")));
+        let missing: Vec<&str> = [
+            ("Via", found.vias.is_empty()),
+            ("From", found.from.is_none()),
+            ("To", found.to.is_none()),
+            ("Call-ID", found.call_id.is_none()),
+            ("CSeq", found.cseq.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(n, m)| m.then_some(n))
+        .collect();
+        if !missing.is_empty() {
+            set(
+                &mut fail,
+                Fail::bad(&format!("missing {}", missing.join(", "))),
+            );
         }
     }
     if fail.is_none() && !terminated {
@@ -715,12 +733,12 @@ pub(crate) fn parse_message(buf: Bytes) -> Result<Inner, ParseError> {
 pub(crate) fn parse_built(buf: Bytes, start: StartLine) -> Inner {
     let b: &[u8] = &buf;
     let len = b.len();
-    let sl_end = memmem::find(b, b"\r\n").unwrap_or(len);
+    let sl_end = find_crlf(b).unwrap_or(len);
     let hdr_from = (sl_end + 2).min(b.len());
     let (hdr_end, body_start) = if b[sl_end..].starts_with(b"\r\n\r\n") {
         (hdr_from, sl_end + 4)
     } else {
-        match memmem::find(&b[hdr_from..], b"\r\n\r\n") {
+        match find_crlfcrlf(&b[hdr_from..]) {
             Some(i) => (hdr_from + i + 2, hdr_from + i + 4),
             None => (b.len(), b.len()),
         }

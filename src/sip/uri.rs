@@ -57,6 +57,10 @@ pub struct Uri {
     pub opaque: Option<String>,
 }
 
+fn find(s: &str, c: u8) -> Option<usize> {
+    memchr::memchr(c, s.as_bytes())
+}
+
 fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&c)
 }
@@ -215,7 +219,7 @@ impl Uri {
         {
             return Err(bad_uri("forbidden character"));
         }
-        let colon = text.find(':').ok_or_else(|| bad_uri("no scheme"))?;
+        let colon = find(text, b':').ok_or_else(|| bad_uri("no scheme"))?;
         let scheme_text = &text[..colon];
         let sb = scheme_text.as_bytes();
         if sb.is_empty()
@@ -248,14 +252,14 @@ impl Uri {
     }
 
     fn parse_sip(scheme: Scheme, rest: &str) -> Result<Uri, ParseError> {
-        let (userinfo, hostpart) = match rest.find('@') {
+        let (userinfo, hostpart) = match find(rest, b'@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
         let (user, password) = match userinfo {
             None => (None, None),
             Some(ui) => {
-                let (u, p) = match ui.find(':') {
+                let (u, p) = match find(ui, b':') {
                     Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                     None => (ui, None),
                 };
@@ -270,17 +274,19 @@ impl Uri {
                 (Some(u.to_string()), p.map(str::to_string))
             }
         };
-        let (hp_params, headers) = match hostpart.find('?') {
+        let (hp_params, headers) = match find(hostpart, b'?') {
             Some(q) => (&hostpart[..q], Some(&hostpart[q + 1..])),
             None => (hostpart, None),
         };
-        let (hostport, params) = match hp_params.find(';') {
+        let (hostport, params) = match find(hp_params, b';') {
             Some(s) => (&hp_params[..s], Some(&hp_params[s + 1..])),
             None => (hp_params, None),
         };
         let (host_text, port_text) = if hostport.starts_with('[') {
             let close = hostport
-                .find(']')
+                .as_bytes()
+                .iter()
+                .position(|c| *c == b']')
                 .ok_or_else(|| bad_uri("IPv6 reference"))?;
             let after = &hostport[close + 1..];
             let port = match after.strip_prefix(':') {
@@ -290,7 +296,7 @@ impl Uri {
             };
             (&hostport[..=close], port)
         } else {
-            match hostport.find(':') {
+            match find(hostport, b':') {
                 Some(c) => (&hostport[..c], Some(&hostport[c + 1..])),
                 None => (hostport, None),
             }
@@ -306,7 +312,7 @@ impl Uri {
         let mut plist = Vec::new();
         if let Some(params) = params {
             for p in params.split(';') {
-                let (n, v) = match p.find('=') {
+                let (n, v) = match find(p, b'=') {
                     Some(e) => (&p[..e], Some(&p[e + 1..])),
                     None => (p, None),
                 };
