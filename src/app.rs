@@ -82,3 +82,24 @@ pub fn debug_filter(debug: Option<i64>) -> &'static str {
         _ => "trace",
     }
 }
+
+/// One proxy instance over a script, driven by the caller (the sans-IO
+/// core without sockets): the test harness and the REPL's dry run use
+/// this; `serlua run` puts sockets around the same pieces. `source`
+/// replaces the file's text when given (inline scripts).
+pub fn instance(path: &Path, source: Option<String>, ov: &Overrides, now: Instant) -> Result<crate::worker::Worker, String> {
+    let probe_shared = Arc::new(Shared::new(CoreConfig::with_params(Default::default()).map_err(|e| e.to_string())?));
+    let probe_env = Rc::new(Env::new(probe_shared, 0, now));
+    let src = match source {
+        Some(s) => s,
+        None => std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read script: {e}", path.display()))?,
+    };
+    let (probe, header) = Script::load_source(path, src.clone(), probe_env).map_err(|e| e.0)?;
+    let diags = probe.static_check();
+    if !diags.is_empty() {
+        return Err(diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
+    }
+    let cfg = build_config(path, header, ov)?;
+    let shared = Arc::new(Shared::new(cfg));
+    crate::worker::Worker::from_source(shared, 0, path, src, now).map_err(|e| e.0)
+}
