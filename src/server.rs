@@ -40,6 +40,9 @@ struct Io {
 
 type WorkerRc = Rc<RefCell<Worker>>;
 
+/// TCP listeners and the channels that deal their connections to workers.
+type Acceptor = (Vec<(SocketId, std::net::TcpListener)>, Vec<mpsc::UnboundedSender<TcpTask>>);
+
 /// Runs the proxy until a signal stops it.
 pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
     let children = shared.cfg.children.max(1);
@@ -136,7 +139,7 @@ fn worker_thread(
     socks: Vec<(SocketId, std::net::UdpSocket)>,
     tcp: Arc<TcpManager>,
     tcp_rx: Option<mpsc::UnboundedReceiver<TcpTask>>,
-    accept: Option<(Vec<(SocketId, std::net::TcpListener)>, Vec<mpsc::UnboundedSender<TcpTask>>)>,
+    accept: Option<Acceptor>,
     shutdown: Arc<tokio::sync::Notify>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {

@@ -105,7 +105,8 @@ pub fn send_reply(env: &Env, ctx: &mut MsgCtx, status: u16, reason: &str, extra:
 /// Answers a request that failed to parse (RFC 4475: 400 naming the
 /// fault, 505 for a SIP version we do not speak), from what the parser
 /// could read of it.
-pub fn reply_to_broken(env: &Env, p: &PartialRequest, status: u16, reason: &str, src: std::net::SocketAddr, local: crate::transport::SocketId, proto: crate::transport::Proto, conn: Option<crate::transport::ConnId>) {
+pub fn reply_to_broken(env: &Env, p: &PartialRequest, status: u16, reason: &str, inc: &crate::transport::Incoming) {
+    let (src, local, proto, conn) = (inc.src, inc.local, inc.proto, inc.conn);
     if p.method == Method::Ack {
         return;
     }
@@ -116,11 +117,10 @@ pub fn reply_to_broken(env: &Env, p: &PartialRequest, status: u16, reason: &str,
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
-        if name.eq_ignore_ascii_case("to") || name.eq_ignore_ascii_case("t") {
-            if !p.has_to_tag {
+        if (name.eq_ignore_ascii_case("to") || name.eq_ignore_ascii_case("t"))
+            && !p.has_to_tag {
                 out.extend_from_slice(format!(";tag={:016x}", env.shared.secret ^ 0x5e51).as_bytes());
             }
-        }
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");

@@ -554,10 +554,10 @@ fn add_branches(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, targets: Vec<(Uri, 
             ack: None,
         });
         if !target.proto.is_reliable() {
-            env.arm(cfg.t1, timer(&cell, TimerKind::Retransmit, idx, 0));
+            env.arm(cfg.t1, timer(cell, TimerKind::Retransmit, idx, 0));
         }
         let first_wait = if t.method == Method::Invite { t.fr.min(t.fr_inv) } else { t.fr };
-        env.arm(first_wait, timer(&cell, TimerKind::Timeout, idx, 0));
+        env.arm(first_wait, timer(cell, TimerKind::Timeout, idx, 0));
         sent += 1;
     }
     if sent > 0 { Ok(()) } else { Err(last_err.unwrap_or((500, "Server Internal Error - no destination".into()))) }
@@ -604,7 +604,7 @@ fn cancel_branch(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, i: usize) {
             Stats::inc(&env.shared.stats.fwd_requests);
             let generation = 0;
             if !b.target.proto.is_reliable() {
-                env.arm(t1, timer(&cell, TimerKind::CancelRetransmit, i as u16, generation));
+                env.arm(t1, timer(cell, TimerKind::CancelRetransmit, i as u16, generation));
             }
             b.cancel = CancelState::Sent { bytes, every: t1, generation };
         }
@@ -668,7 +668,7 @@ fn timer(cell: &Arc<TxnCell>, kind: TimerKind, branch: u16, generation: u32) -> 
 fn arm_delete(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn) {
     if !t.delete_armed {
         t.delete_armed = true;
-        env.arm(env.shared.cfg.tm.wait_timer, timer(&cell, TimerKind::Delete, 0, 0));
+        env.arm(env.shared.cfg.tm.wait_timer, timer(cell, TimerKind::Delete, 0, 0));
     }
 }
 
@@ -686,9 +686,9 @@ fn send_upstream(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, status: u16, bytes
         t.uas = UasState::Completed;
         if !t.origin.proto.is_reliable() {
             t.g_every = cfg.t1;
-            env.arm(cfg.t1, timer(&cell, TimerKind::ReplyRetransmit, 0, t.g_gen));
+            env.arm(cfg.t1, timer(cell, TimerKind::ReplyRetransmit, 0, t.g_gen));
         }
-        env.arm(cfg.t1 * 64, timer(&cell, TimerKind::AckTimeout, 0, 0));
+        env.arm(cfg.t1 * 64, timer(cell, TimerKind::AckTimeout, 0, 0));
     } else {
         t.uas = if t.method == Method::Invite { UasState::Accepted } else { UasState::Done };
         arm_delete(env, cell, t);

@@ -47,7 +47,7 @@ impl Worker {
                 match &e.partial {
                     Some(p) => {
                         tracing::info!(src = %inc.src, "malformed request: {} {}", e.status, e.reason);
-                        sl::reply_to_broken(&self.env, p, e.status, &e.reason, inc.src, inc.local, inc.proto, inc.conn);
+                        sl::reply_to_broken(&self.env, p, e.status, &e.reason, &inc);
                     }
                     None => tracing::debug!(src = %inc.src, "dropped unparsable message: {}", e.reason),
                 }

@@ -13,7 +13,6 @@ use serlua::worker::Worker;
 
 const UAC: &str = "127.0.0.1:5090";
 const UAS: &str = "127.0.0.1:5070";
-const PROXY: &str = "127.0.0.1:5060";
 
 struct Net {
     w: Worker,

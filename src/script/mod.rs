@@ -162,7 +162,7 @@ impl Script {
 
     /// True when the route exists in its table.
     pub fn has_route(&self, kind: RouteKind, key: &RouteKey) -> bool {
-        matches!(self.route_fn(kind, key), Some(_))
+        self.route_fn(kind, key).is_some()
     }
 
     fn route_fn(&self, kind: RouteKind, key: &RouteKey) -> Option<Function> {
