@@ -6,8 +6,8 @@ use memchr::memchr;
 use super::header::{hid, index_of_name};
 use super::parse::{find_crlf, find_crlfcrlf, parse_content_length, value_text};
 
-/// Why a stream cannot be framed; the connection is closed after an error
-/// reply where one is possible.
+/// Why a stream cannot be framed (RFC 3261 §18.3); the connection is
+/// closed after an error reply where one is possible.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// The header section or the whole message exceeds the limit given.
@@ -78,15 +78,11 @@ pub fn next_message(buf: &[u8], max: usize) -> Result<Option<(usize, usize)>, Fr
         if content_length.is_some() {
             return Err(FrameError::BadContentLength);
         }
-        let v = parse_content_length(value_text(&line[colon + 1..]).trim())
-            .map_err(|_| FrameError::BadContentLength)?;
+        let v = parse_content_length(value_text(&line[colon + 1..]).trim()).map_err(|_| FrameError::BadContentLength)?;
         content_length = Some(v);
     }
     let cl = content_length.ok_or(FrameError::MissingContentLength)?;
-    let total = head_len
-        .checked_add(cl)
-        .filter(|t| *t <= max)
-        .ok_or(FrameError::TooLarge(max))?;
+    let total = head_len.checked_add(cl).filter(|t| *t <= max).ok_or(FrameError::TooLarge(max))?;
     if rest.len() < total {
         return Ok(None);
     }
@@ -121,22 +117,13 @@ mod tests {
             Err(FrameError::BadContentLength)
         );
         assert_eq!(
-            next_message(
-                b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 1\r\nl: 1\r\n\r\nx",
-                4096
-            ),
+            next_message(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 1\r\nl: 1\r\n\r\nx", 4096),
             Err(FrameError::BadContentLength)
         );
         assert_eq!(next_message(MSG, 50), Err(FrameError::TooLarge(50)));
+        assert_eq!(next_message(&[b'a'; 100], 50), Err(FrameError::TooLarge(50)));
         assert_eq!(
-            next_message(&[b'a'; 100], 50),
-            Err(FrameError::TooLarge(50))
-        );
-        assert_eq!(
-            next_message(
-                b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-                4096
-            ),
+            next_message(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 99999999999999999999999\r\n\r\n", 4096),
             Err(FrameError::BadContentLength)
         );
     }

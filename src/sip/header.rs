@@ -12,13 +12,11 @@ use nom::sequence::preceded;
 
 use super::method::Method;
 use super::msg::ParseError;
-use super::parse::{
-    addr_spec_text, angle_uri, digits, display_tokens, generic_param, host_text, lws, port,
-    quoted_string, sws, token,
-};
+use super::parse::{addr_spec_text, angle_uri, digits, display_tokens, generic_param, host_text, lws, port, quoted_string, sws, token};
 use super::uri::{Host, Scheme, Uri};
 
-/// A header field name. Known names are matched case-insensitively and in
+/// A header field name (RFC 3261 §7.3, §20). Known names are matched
+/// case-insensitively (§7.3.1) and in
 /// their compact form (`v`, `f`, `t`, `i`, `m`, `l`, `c`, `k`, `s`, `e`, `o`,
 /// `u`, `r`, `b`, `x`, `y`, `a`, `d`, `j`, `n` …, RFC 3261 §7.3.3 and the
 /// IANA registry), so `header("v")` and `header("VIA")` find the same field.
@@ -88,7 +86,7 @@ pub enum HeaderName {
 }
 
 /// Index of a known header name, the compact internal form the message
-/// keeps per field (no allocation per header on parse).
+/// keeps per field (no allocation per header on parse; RFC 3261 §20).
 pub(crate) mod hid {
     pub const VIA: u8 = 0;
     pub const FROM: u8 = 1;
@@ -195,20 +193,13 @@ const OTHER_LISTS: [&str; 21] = [
 pub(crate) fn index_of_name(name: &[u8]) -> u8 {
     if let [c] = name {
         let c = c.to_ascii_lowercase();
-        return COMPACT_KNOWN
-            .iter()
-            .find(|(l, _)| *l == c)
-            .map_or(hid::OTHER, |(_, i)| *i);
+        return COMPACT_KNOWN.iter().find(|(l, _)| *l == c).map_or(hid::OTHER, |(_, i)| *i);
     }
     let Some(first) = name.first().map(u8::to_ascii_lowercase) else {
         return hid::OTHER;
     };
     LONG.iter()
-        .position(|l| {
-            l.len() == name.len()
-                && l.as_bytes()[0].to_ascii_lowercase() == first
-                && l.as_bytes().eq_ignore_ascii_case(name)
-        })
+        .position(|l| l.len() == name.len() && l.as_bytes()[0].to_ascii_lowercase() == first && l.as_bytes().eq_ignore_ascii_case(name))
         .map_or(hid::OTHER, |i| i as u8)
 }
 
@@ -232,17 +223,16 @@ pub(crate) fn is_list_index(index: u8, other_name: &[u8]) -> bool {
         16..=20 | 24 | 28 => true,
         hid::OTHER => {
             let n = canonical_other(other_name);
-            OTHER_LISTS
-                .iter()
-                .any(|l| l.as_bytes().eq_ignore_ascii_case(n))
+            OTHER_LISTS.iter().any(|l| l.as_bytes().eq_ignore_ascii_case(n))
         }
         _ => false,
     }
 }
 
 impl HeaderName {
-    /// Maps a name as written (any case, long or compact form) to a
-    /// `HeaderName`. Never fails: unknown names become `Other`.
+    /// Maps a name as written (any case, long or compact form, RFC 3261
+    /// §7.3.1, §7.3.3) to a `HeaderName`. Never fails: unknown names become
+    /// `Other`.
     pub fn from_text(name: &str) -> HeaderName {
         let name = name.trim();
         match index_of_name(name.as_bytes()) {
@@ -330,7 +320,7 @@ impl HeaderName {
     }
 
     /// The canonical long form used when serialising a header the proxy
-    /// adds (`Via`, `Call-ID`, `CSeq`, `Max-Forwards`, …).
+    /// adds (`Via`, `Call-ID`, `CSeq`, `Max-Forwards`, …; RFC 3261 §20).
     pub fn as_str(&self) -> &str {
         match self {
             HeaderName::Other(s) => s,
@@ -359,7 +349,7 @@ impl fmt::Display for HeaderName {
 }
 
 /// An ordered list of `;name[=value]` parameters (URI, Via, name-addr,
-/// Contact). Names compare case-insensitively; text is kept as written so a
+/// Contact; RFC 3261 §25.1 `uri-parameters`, `generic-param`). Names compare case-insensitively; text is kept as written so a
 /// list re-serialises unchanged. Values of quoted-string params keep their
 /// quotes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -367,33 +357,29 @@ pub struct Params(pub Vec<(String, Option<String>)>);
 
 impl Params {
     /// The value of `name`: `None` if absent, `Some(None)` if present
-    /// without a value.
+    /// without a value (RFC 3261 §25.1 `generic-param`).
     pub fn get(&self, name: &str) -> Option<Option<&str>> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref())
+        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref())
     }
 
-    /// True when `name` is present (with or without a value).
+    /// True when `name` is present (with or without a value; RFC 3261
+    /// §25.1).
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
 
-    /// Sets `name` (replacing an existing value, else appending).
+    /// Sets `name` (replacing an existing value, else appending), e.g.
+    /// `received`/`rport` on a Via (RFC 3261 §18.2.1, RFC 3581 §4).
     pub fn set(&mut self, name: &str, value: Option<&str>) {
         let v = value.map(str::to_string);
-        match self
-            .0
-            .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
+        match self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             Some(slot) => slot.1 = v,
             None => self.0.push((name.to_string(), v)),
         }
     }
 
-    /// Removes `name`; true when it was present.
+    /// Removes `name` (e.g. `maddr` when routing, RFC 3261 §16.5); true
+    /// when it was present.
     pub fn remove(&mut self, name: &str) -> bool {
         let before = self.0.len();
         self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
@@ -402,12 +388,7 @@ impl Params {
 
     /// Builds a list from parsed `(name, value)` slices.
     pub(crate) fn from_pairs(pairs: Vec<(&str, Option<&str>)>) -> Params {
-        Params(
-            pairs
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
-                .collect(),
-        )
+        Params(pairs.into_iter().map(|(n, v)| (n.to_string(), v.map(str::to_string))).collect())
     }
 }
 
@@ -430,13 +411,15 @@ pub struct Via {
     /// Protocol name and version as written (`SIP/2.0`), without the LWS
     /// RFC 3261 §25.1 allows around the slash.
     pub protocol: String,
-    /// Transport as written, e.g. `UDP`, `TCP`, `TLS`, `SCTP`, `WS`.
+    /// Transport as written, e.g. `UDP`, `TCP`, `TLS`, `SCTP`, `WS`
+    /// (RFC 3261 §25.1 `transport`, RFC 4475 §3.1.1.10).
     pub transport: String,
     /// The sent-by host (RFC 3261 §18.2.2 routes responses to it).
     pub host: Host,
-    /// The sent-by port, when written.
+    /// The sent-by port, when written (RFC 3261 §18.2.2).
     pub port: Option<u16>,
-    /// via-params (`branch`, `received`, `rport`, `maddr`, `ttl`, others).
+    /// via-params (`branch`, `received`, `rport`, `maddr`, `ttl`, others;
+    /// RFC 3261 §20.42, RFC 3581).
     pub params: Params,
 }
 
@@ -458,21 +441,9 @@ type ViaHead<'a> = (&'a str, &'a str, &'a str, &'a str, Option<u16>);
 /// `sent-protocol LWS sent-by` (RFC 3261 §25.1), with the SWS around `/`
 /// and `:` that the grammar allows.
 fn via_head(i: &str) -> nom::IResult<&str, ViaHead<'_>> {
-    let (i, (_, name, _, _, _, version, _, _, _, transport)) = (
-        sws,
-        token,
-        sws,
-        char('/'),
-        sws,
-        token,
-        sws,
-        char('/'),
-        sws,
-        token,
-    )
-        .parse(i)?;
-    let (i, (_, host, port)) =
-        (lws, host_text, opt(preceded((sws, char(':'), sws), port))).parse(i)?;
+    let (i, (_, name, _, _, _, version, _, _, _, transport)) =
+        (sws, token, sws, char('/'), sws, token, sws, char('/'), sws, token).parse(i)?;
+    let (i, (_, host, port)) = (lws, host_text, opt(preceded((sws, char(':'), sws), port))).parse(i)?;
     Ok((i, (name, version, transport, host, port)))
 }
 
@@ -510,10 +481,7 @@ impl Via {
     /// readable; parameters are kept up to the first malformed one.
     pub(crate) fn parse_lenient(text: &str) -> Option<Via> {
         let (i, (name, version, transport, host, port)) = via_head(text).ok()?;
-        let params = many0(generic_param)
-            .parse(i)
-            .map(|(_, p)| p)
-            .unwrap_or_default();
+        let params = many0(generic_param).parse(i).map(|(_, p)| p).unwrap_or_default();
         Some(Via {
             protocol: protocol(name, version),
             transport: transport.to_string(),
@@ -523,7 +491,8 @@ impl Via {
         })
     }
 
-    /// The `branch` parameter.
+    /// The `branch` parameter (the transaction id, RFC 3261 §8.1.1.7,
+    /// §17.2.3).
     pub fn branch(&self) -> Option<&str> {
         self.params.get("branch").flatten()
     }
@@ -533,22 +502,17 @@ impl Via {
     /// §4.5).
     pub fn received(&self) -> Option<std::net::IpAddr> {
         let v = self.params.get("received").flatten()?;
-        let v = v
-            .strip_prefix('[')
-            .and_then(|v| v.strip_suffix(']'))
-            .unwrap_or(v);
+        let v = v.strip_prefix('[').and_then(|v| v.strip_suffix(']')).unwrap_or(v);
         v.parse().ok()
     }
 
-    /// The `rport` parameter: `None` absent, `Some(None)` present without
+    /// The `rport` parameter (RFC 3581 §3, §4): `None` absent, `Some(None)` present without
     /// value (the client asks for it), `Some(Some(p))` filled in.
     pub fn rport(&self) -> Option<Option<u16>> {
-        self.params
-            .get("rport")
-            .map(|v| v.and_then(|p| p.parse().ok()))
+        self.params.get("rport").map(|v| v.and_then(|p| p.parse().ok()))
     }
 
-    /// True when the transport is UDP (case-insensitive).
+    /// True when the transport is UDP (case-insensitive; RFC 3261 §18.1.1).
     pub fn is_udp(&self) -> bool {
         self.transport.eq_ignore_ascii_case("UDP")
     }
@@ -572,13 +536,15 @@ impl fmt::Display for Via {
 /// belong to the header, not the URI (RFC 3261 §20.10).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NameAddr {
-    /// Display name as written (a quoted-string keeps its quotes).
+    /// Display name as written (a quoted-string keeps its quotes; RFC 3261
+    /// §25.1 `display-name`).
     pub display: Option<String>,
-    /// The address.
+    /// The address (RFC 3261 §25.1 `addr-spec`).
     pub uri: Uri,
-    /// True when the URI was written in `<…>`.
+    /// True when the URI was written in `<…>` (RFC 3261 §20.10).
     pub angle: bool,
-    /// Header parameters (`tag`, `expires`, `q`, …).
+    /// Header parameters (`tag`, `expires`, `q`, …; RFC 3261 §20.10,
+    /// §20.20, §20.39).
     pub params: Params,
 }
 
@@ -614,9 +580,7 @@ impl NameAddr {
             (i, None, u, false)
         };
         let uri = Uri::parse(uri_text).map_err(|e| bad(&e.reason))?;
-        let (i, params) = many0(generic_param)
-            .parse(i)
-            .map_err(|_| bad("parameters"))?;
+        let (i, params) = many0(generic_param).parse(i).map_err(|_| bad("parameters"))?;
         let (i, _) = sws(i).map_err(|_| bad("syntax"))?;
         if !i.is_empty() {
             return Err(bad("unexpected text after the address"));
@@ -676,9 +640,7 @@ impl CSeq {
     /// Leading zeros are allowed (RFC 4475 §3.1.1.1).
     pub fn parse(text: &str) -> Result<CSeq, ParseError> {
         let bad = || ParseError::bad("malformed CSeq");
-        let (i, (_, num, _, method, _)) = (sws, digits, lws, token, sws)
-            .parse(text)
-            .map_err(|_| bad())?;
+        let (i, (_, num, _, method, _)) = (sws, digits, lws, token, sws).parse(text).map_err(|_| bad())?;
         if !i.is_empty() {
             return Err(bad());
         }
@@ -755,7 +717,8 @@ pub fn split_list(value: &[u8]) -> Vec<std::ops::Range<usize>> {
     v
 }
 
-/// Host and port of a Via sent-by or URI, for convenience in transport code.
+/// Host and port of a Via sent-by or URI as `host[:port]` (RFC 3261 §25.1
+/// `hostport`), for convenience in transport code.
 pub fn host_port(host: &Host, port: Option<u16>) -> String {
     match port {
         Some(p) => format!("{host}:{p}"),

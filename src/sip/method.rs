@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-/// A request method. Methods are case-sensitive (RFC 3261 §7.1): `invite`
+/// A request method (RFC 3261 §7.1, §25.1 `Method`). Methods are
+/// case-sensitive (RFC 3261 §7.1): `invite`
 /// is an extension method, not INVITE.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Method {

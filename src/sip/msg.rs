@@ -11,15 +11,9 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::header::{
-    CSeq, EMPTY_VIA, HeaderName, NameAddr, Via, canonical_other, hid, index_of_name, is_list_index,
-    split_list,
-};
+use super::header::{CSeq, EMPTY_VIA, HeaderName, NameAddr, Via, canonical_other, hid, index_of_name, is_list_index, split_list};
 use super::method::Method;
-use super::parse::{
-    as_text, is_token_byte, parse_call_id, parse_content_length, parse_max_forwards, parse_message,
-    unfold, value_text,
-};
+use super::parse::{as_text, is_token_byte, parse_call_id, parse_content_length, parse_max_forwards, parse_message, unfold, value_text};
 use super::uri::{Scheme, Uri};
 
 /// Why a message could not be parsed, and what to answer (RFC 4475 §3.1.2,
@@ -30,9 +24,11 @@ use super::uri::{Scheme, Uri};
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{status} {reason}")]
 pub struct ParseError {
-    /// The status code to answer with (when `partial` allows an answer).
+    /// The status code to answer with (when `partial` allows an answer;
+    /// RFC 3261 §21.4.1 400, §21.5.6 505).
     pub status: u16,
-    /// The reason phrase, naming the fault.
+    /// The reason phrase, naming the fault (RFC 3261 §21.4.1: "the
+    /// reason phrase SHOULD identify the syntax problem in more detail").
     pub reason: String,
     /// Present when the broken message is a request whose start line and top
     /// Via could be read: enough to send the error reply back. `None` means
@@ -42,8 +38,9 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    /// A 400 error without reply information (used inside value parsers;
-    /// the message parser attaches `partial` where it can).
+    /// A 400 error without reply information (RFC 3261 §21.4.1; used
+    /// inside value parsers; the message parser attaches `partial` where it
+    /// can).
     pub fn bad(reason: impl Into<String>) -> ParseError {
         ParseError {
             status: 400,
@@ -58,14 +55,17 @@ impl ParseError {
 /// written, even when one of them is the broken one).
 #[derive(Clone, Debug)]
 pub struct PartialRequest {
-    /// The request method (from the first token of the Request-Line).
+    /// The request method (from the first token of the Request-Line;
+    /// the reply's CSeq carries it, RFC 3261 §8.2.6.2).
     pub method: Method,
     /// The top Via, parsed (the reply is routed by it, RFC 3261 §18.2.2).
     pub top_via: Via,
-    /// Header lines to copy into the reply, in order: every Via, From, To,
+    /// Header lines to copy into the reply (RFC 3261 §8.2.6.2), in order:
+    /// every Via, From, To,
     /// Call-ID, CSeq — each as `(name as written, value as written)`.
     pub copy: Vec<(String, Vec<u8>)>,
-    /// The To header carries a tag already.
+    /// The To header carries a tag already (else the reply adds one, RFC
+    /// 3261 §8.2.6.2).
     pub has_to_tag: bool,
 }
 
@@ -88,7 +88,8 @@ pub enum StartLine {
     },
 }
 
-/// A parsed SIP message. Cheap to clone (the original bytes are shared).
+/// A parsed SIP message (RFC 3261 §7): start line, header fields, body.
+/// Cheap to clone (the original bytes are shared).
 #[derive(Clone, Debug)]
 pub struct SipMessage {
     // The parser implementation owns the private fields; see the module doc.
@@ -197,10 +198,7 @@ fn target(name: &HeaderName) -> Target<'_> {
 /// New header text may not break the message's line structure: CR and LF
 /// become SP.
 fn sanitize(value: &[u8]) -> Vec<u8> {
-    value
-        .iter()
-        .map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c })
-        .collect()
+    value.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }).collect()
 }
 
 fn new_field(name: &HeaderName, value: Vec<u8>) -> Field {
@@ -231,9 +229,7 @@ impl Inner {
     fn matches(&self, f: &Field, t: &Target<'_>) -> bool {
         match t {
             Target::Known(i) => f.id == *i,
-            Target::Other(n) => {
-                f.id == hid::OTHER && canonical_other(self.name_of(f)).eq_ignore_ascii_case(n)
-            }
+            Target::Other(n) => f.id == hid::OTHER && canonical_other(self.name_of(f)).eq_ignore_ascii_case(n),
         }
     }
 
@@ -242,10 +238,7 @@ impl Inner {
     }
 
     fn first_value_text(&self, id: u8) -> Option<Cow<'_, str>> {
-        self.fields
-            .iter()
-            .find(|f| f.id == id)
-            .map(|f| value_text(self.value_of(f)))
+        self.fields.iter().find(|f| f.id == id).map(|f| value_text(self.value_of(f)))
     }
 
     /// Re-derives the cached eager value for `id` from the current fields.
@@ -286,23 +279,14 @@ impl Inner {
                 }
             }
             hid::MAX_FORWARDS => {
-                self.eager.max_forwards = self
-                    .first_value_text(id)
-                    .and_then(|t| parse_max_forwards(&t).ok());
+                self.eager.max_forwards = self.first_value_text(id).and_then(|t| parse_max_forwards(&t).ok());
             }
             _ => {}
         }
     }
 
     pub(crate) fn refresh_all(&mut self) {
-        for id in [
-            hid::VIA,
-            hid::FROM,
-            hid::TO,
-            hid::CALL_ID,
-            hid::CSEQ,
-            hid::MAX_FORWARDS,
-        ] {
+        for id in [hid::VIA, hid::FROM, hid::TO, hid::CALL_ID, hid::CSEQ, hid::MAX_FORWARDS] {
             self.refresh(id);
         }
     }
@@ -336,12 +320,7 @@ impl SipMessage {
         parse_message(buf).map(|inner| SipMessage { inner })
     }
 
-    fn build(
-        start_text: String,
-        start: StartLine,
-        headers: &[(HeaderName, &[u8])],
-        body: &[u8],
-    ) -> SipMessage {
+    fn build(start_text: String, start: StartLine, headers: &[(HeaderName, &[u8])], body: &[u8]) -> SipMessage {
         let mut v = Vec::with_capacity(start_text.len() + body.len() + 64 * (headers.len() + 1));
         v.extend_from_slice(start_text.as_bytes());
         v.extend_from_slice(b"\r\n");
@@ -361,27 +340,18 @@ impl SipMessage {
         }
     }
 
-    /// A new request built by the core (CANCEL, ACK, keepalive OPTIONS).
+    /// A new request built by the core (CANCEL, RFC 3261 §9.1; ACK for a
+    /// non-2xx, §17.1.1.3; keepalive OPTIONS, §11).
     /// `headers` are `(name, value)` pairs in order; Content-Length is
     /// added from `body`.
-    pub fn new_request(
-        method: Method,
-        uri: Uri,
-        headers: &[(HeaderName, &[u8])],
-        body: &[u8],
-    ) -> SipMessage {
+    pub fn new_request(method: Method, uri: Uri, headers: &[(HeaderName, &[u8])], body: &[u8]) -> SipMessage {
         let text = format!("{method} {uri} SIP/2.0");
         Self::build(text, StartLine::Request { method, uri }, headers, body)
     }
 
     /// A new response built by the core (sl_send_reply, 100 Trying, 408,
-    /// 487, …).
-    pub fn new_response(
-        status: u16,
-        reason: &str,
-        headers: &[(HeaderName, &[u8])],
-        body: &[u8],
-    ) -> SipMessage {
+    /// 487, …; RFC 3261 §8.2.6, §16.7).
+    pub fn new_response(status: u16, reason: &str, headers: &[(HeaderName, &[u8])], body: &[u8]) -> SipMessage {
         let reason = String::from_utf8_lossy(&sanitize(reason.as_bytes())).into_owned();
         let text = format!("SIP/2.0 {status} {reason}");
         Self::build(text, StartLine::Response { status, reason }, headers, body)
@@ -389,17 +359,17 @@ impl SipMessage {
 
     // ---- start line -------------------------------------------------------
 
-    /// The start line as it is now.
+    /// The start line as it is now (RFC 3261 §7.1, §7.2).
     pub fn start_line(&self) -> &StartLine {
         &self.inner.start
     }
 
-    /// True for requests.
+    /// True for requests (RFC 3261 §7.1).
     pub fn is_request(&self) -> bool {
         matches!(self.start_line(), StartLine::Request { .. })
     }
 
-    /// The request method (`None` for a response).
+    /// The request method (`None` for a response; RFC 3261 §7.1).
     pub fn method(&self) -> Option<&Method> {
         match self.start_line() {
             StartLine::Request { method, .. } => Some(method),
@@ -407,7 +377,7 @@ impl SipMessage {
         }
     }
 
-    /// The Request-URI (`None` for a response).
+    /// The Request-URI (`None` for a response; RFC 3261 §7.1, §19.1).
     pub fn ruri(&self) -> Option<&Uri> {
         match self.start_line() {
             StartLine::Request { uri, .. } => Some(uri),
@@ -415,7 +385,8 @@ impl SipMessage {
         }
     }
 
-    /// Replaces the Request-URI (strip, prefix, rewritehost, lookup, …).
+    /// Replaces the Request-URI (strip, prefix, rewritehost, lookup, …;
+    /// RFC 3261 §16.5, §16.6 step 2).
     /// No effect on a response.
     pub fn set_ruri(&mut self, uri: Uri) {
         if let StartLine::Request { uri: u, .. } = &mut self.inner.start {
@@ -425,7 +396,7 @@ impl SipMessage {
         }
     }
 
-    /// Status code of a response.
+    /// Status code of a response (RFC 3261 §7.2, §21).
     pub fn status(&self) -> Option<u16> {
         match self.start_line() {
             StartLine::Response { status, .. } => Some(*status),
@@ -433,7 +404,7 @@ impl SipMessage {
         }
     }
 
-    /// Reason phrase of a response.
+    /// Reason phrase of a response (RFC 3261 §7.2).
     pub fn reason(&self) -> Option<&str> {
         match self.start_line() {
             StartLine::Response { reason, .. } => Some(reason),
@@ -443,27 +414,28 @@ impl SipMessage {
 
     // ---- the eagerly parsed headers ---------------------------------------
 
-    /// Call-ID value (mandatory; checked on parse).
+    /// Call-ID value (RFC 3261 §20.8; mandatory, §8.1.1; checked on parse).
     pub fn call_id(&self) -> &str {
         &self.inner.eager.call_id
     }
 
-    /// CSeq (mandatory; checked on parse).
+    /// CSeq (RFC 3261 §20.16; mandatory, §8.1.1; checked on parse).
     pub fn cseq(&self) -> &CSeq {
         &self.inner.eager.cseq
     }
 
-    /// From header (mandatory; checked on parse).
+    /// From header (RFC 3261 §20.20; mandatory, §8.1.1; checked on parse).
     pub fn from(&self) -> &NameAddr {
         &self.inner.eager.from
     }
 
-    /// To header (mandatory; checked on parse).
+    /// To header (RFC 3261 §20.39; mandatory, §8.1.1; checked on parse).
     pub fn to(&self) -> &NameAddr {
         &self.inner.eager.to
     }
 
-    /// Every Via value, top first, split across comma-separated fields
+    /// Every Via value (RFC 3261 §20.42), top first, split across
+    /// comma-separated fields (§7.3.1)
     /// (mandatory: at least one; checked on parse).
     pub fn vias(&self) -> &[Via] {
         &self.inner.eager.vias
@@ -475,13 +447,14 @@ impl SipMessage {
         self.vias().first().unwrap_or(&EMPTY_VIA)
     }
 
-    /// Max-Forwards value, if present (0..=255 is not enforced; any value
+    /// Max-Forwards value (RFC 3261 §20.22), if present (0..=255 is not
+    /// enforced; any value
     /// that fits a u32 is accepted, larger is a 400 on parse).
     pub fn max_forwards(&self) -> Option<u32> {
         self.inner.eager.max_forwards
     }
 
-    /// Content-Length as received (None when absent).
+    /// Content-Length as received (RFC 3261 §20.14; None when absent).
     pub fn content_length(&self) -> Option<usize> {
         self.inner.eager.content_length
     }
@@ -489,7 +462,7 @@ impl SipMessage {
     // ---- generic header access --------------------------------------------
 
     /// The value of the first field named `name` (any case, long or compact
-    /// form). For list headers (see [`HeaderName::is_list`]) this is the
+    /// form, RFC 3261 §7.3). For list headers (see [`HeaderName::is_list`]) this is the
     /// first list element; otherwise the whole field value. Folded lines
     /// are unfolded (CRLF + WSP → one SP). Leading/trailing LWS trimmed.
     pub fn header(&self, name: &HeaderName) -> Option<Cow<'_, [u8]>> {
@@ -508,7 +481,8 @@ impl SipMessage {
         None
     }
 
-    /// Every value of `name`, in order: list headers split into elements,
+    /// Every value of `name`, in order (RFC 3261 §7.3.1): list headers
+    /// split into elements,
     /// other headers one entry per field.
     pub fn headers(&self, name: &HeaderName) -> Vec<Cow<'_, [u8]>> {
         let t = target(name);
@@ -525,13 +499,14 @@ impl SipMessage {
         out
     }
 
-    /// True when at least one field named `name` exists.
+    /// True when at least one field named `name` exists (RFC 3261 §7.3).
     pub fn has_header(&self, name: &HeaderName) -> bool {
         let t = target(name);
         self.inner.fields.iter().any(|f| self.inner.matches(f, &t))
     }
 
-    /// Every header field in order as `(name as written, value)`.
+    /// Every header field in order as `(name as written, value)` (RFC 3261
+    /// §7.3; values unfolded).
     pub fn header_fields(&self) -> Vec<(Cow<'_, str>, Cow<'_, [u8]>)> {
         let inner = &self.inner;
         inner
@@ -542,10 +517,7 @@ impl SipMessage {
     }
 
     fn name_addrs(&self, name: &HeaderName) -> Result<Vec<NameAddr>, ParseError> {
-        self.headers(name)
-            .iter()
-            .map(|v| NameAddr::parse(&as_text(v)))
-            .collect()
+        self.headers(name).iter().map(|v| NameAddr::parse(&as_text(v))).collect()
     }
 
     /// Route header values parsed, top first (RFC 3261 §20.34).
@@ -574,11 +546,7 @@ impl SipMessage {
     pub fn insert_first(&mut self, name: HeaderName, value: &[u8]) {
         let t = target(&name);
         let inner = &mut self.inner;
-        let pos = inner
-            .fields
-            .iter()
-            .position(|f| inner.matches(f, &t))
-            .unwrap_or(0);
+        let pos = inner.fields.iter().position(|f| inner.matches(f, &t)).unwrap_or(0);
         let f = new_field(&name, sanitize(value));
         let id = f.id;
         inner.fields.insert(pos, f);
@@ -604,10 +572,7 @@ impl SipMessage {
         let mut k = 0;
         while let Some(i) = memchr::memchr2(b'\r', b'\n', &line[k..]) {
             let p = k + i;
-            if line[p] == b'\r'
-                && line.get(p + 1) == Some(&b'\n')
-                && matches!(line.get(p + 2), Some(b' ' | b'\t'))
-            {
+            if line[p] == b'\r' && line.get(p + 1) == Some(&b'\n') && matches!(line.get(p + 2), Some(b' ' | b'\t')) {
                 k = p + 2;
             } else {
                 return Err(bad());
@@ -638,7 +603,8 @@ impl SipMessage {
         Ok(())
     }
 
-    /// Removes every field named `name`; returns how many were removed.
+    /// Removes every field named `name` (remove_hf; RFC 3261 §7.3.1);
+    /// returns how many were removed.
     pub fn remove_header(&mut self, name: &HeaderName) -> usize {
         let t = target(name);
         let inner = &mut self.inner;
@@ -663,16 +629,9 @@ impl SipMessage {
         let idx = inner.fields.iter().position(|f| inner.matches(f, &t))?;
         let f = &inner.fields[idx];
         let raw = inner.value_of(f);
-        let elems = if inner.is_list(f) {
-            split_list(raw)
-        } else {
-            Vec::new()
-        };
+        let elems = if inner.is_list(f) { split_list(raw) } else { Vec::new() };
         let (removed, rest) = match elems.as_slice() {
-            [first, second, ..] => (
-                unfold(&raw[first.clone()]).into_owned(),
-                Some(raw[second.start..].to_vec()),
-            ),
+            [first, second, ..] => (unfold(&raw[first.clone()]).into_owned(), Some(raw[second.start..].to_vec())),
             [first] => (unfold(&raw[first.clone()]).into_owned(), None),
             [] => (unfold(raw).into_owned(), None),
         };
@@ -682,10 +641,7 @@ impl SipMessage {
                 let fname = String::from_utf8_lossy(inner.name_of(f)).into_owned();
                 inner.fields[idx] = Field {
                     id,
-                    data: FieldData::New(Box::new(NewField {
-                        name: fname,
-                        value: rest,
-                    })),
+                    data: FieldData::New(Box::new(NewField { name: fname, value: rest })),
                 };
             }
             None => {
@@ -708,11 +664,7 @@ impl SipMessage {
         let f = &inner.fields[idx];
         let raw = inner.value_of(f);
         let value = sanitize(value);
-        let elems = if inner.is_list(f) {
-            split_list(raw)
-        } else {
-            Vec::new()
-        };
+        let elems = if inner.is_list(f) { split_list(raw) } else { Vec::new() };
         let new_value = match elems.first() {
             Some(e0) if elems.len() > 1 => {
                 let mut v = raw[..e0.start].to_vec();
@@ -736,8 +688,8 @@ impl SipMessage {
     }
 
     /// Replaces all fields named `name` by one field with `value` at the
-    /// position of the first (or appends when absent). Max-Forwards,
-    /// Content-Type, …
+    /// position of the first (or appends when absent). Max-Forwards
+    /// (RFC 3261 §16.6 step 3), Content-Type, …
     pub fn set_header(&mut self, name: HeaderName, value: &[u8]) {
         let t = target(&name);
         let inner = &mut self.inner;
@@ -760,18 +712,19 @@ impl SipMessage {
         inner.touch(id);
     }
 
-    /// The body as it is now.
+    /// The body as it is now (RFC 3261 §7.4).
     pub fn body(&self) -> &[u8] {
         self.inner.body()
     }
 
-    /// Replaces the body; Content-Length is rewritten on output.
+    /// Replaces the body (RFC 3261 §7.4); Content-Length is rewritten on
+    /// output (§20.14).
     pub fn set_body(&mut self, body: Bytes) {
         self.inner.body = Body::New(body);
         self.inner.dirty = true;
     }
 
-    /// Replaces the whole message with `text` (textops replace and
+    /// Replaces the whole message with `text` (RFC 3261 §7; textops replace and
     /// search_append edit the raw text); fails, leaving the message
     /// unchanged, when the new text does not parse.
     pub fn replace_text(&mut self, text: Bytes) -> Result<(), ParseError> {
@@ -784,17 +737,20 @@ impl SipMessage {
 
     // ---- output -------------------------------------------------------------
 
-    /// Length of the message as received (SER's `msg:len`).
+    /// Length of the message as received (SER's `msg:len`; the whole
+    /// datagram, RFC 3261 §18.3).
     pub fn orig_len(&self) -> usize {
         self.inner.orig_len
     }
 
-    /// True when nothing has been edited since parsing.
+    /// True when nothing has been edited since parsing (a proxy then
+    /// forwards the bytes as received, RFC 3261 §16.6).
     pub fn is_pristine(&self) -> bool {
         !self.inner.dirty
     }
 
-    /// The message as it would go out now: the original bytes when nothing
+    /// The message as it would go out now (RFC 3261 §7, §18.1): the
+    /// original bytes when nothing
     /// changed (no copy), otherwise the start line, every header (untouched
     /// ones byte-identical), a Content-Length matching the body, the blank
     /// line and the body.
@@ -807,7 +763,8 @@ impl SipMessage {
         Bytes::from(out)
     }
 
-    /// Appends the message as it would go out now to `out`.
+    /// Appends the message as it would go out now to `out` (see
+    /// [`SipMessage::to_bytes`]; RFC 3261 §7).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let inner = &self.inner;
         if !inner.dirty {
@@ -983,10 +940,7 @@ v=0\n";
     #[test]
     fn edits_keep_untouched_lines() {
         let mut m = msg();
-        m.insert_first(
-            HeaderName::Via,
-            b"SIP/2.0/UDP proxy.example.com;branch=z9hG4bKx",
-        );
+        m.insert_first(HeaderName::Via, b"SIP/2.0/UDP proxy.example.com;branch=z9hG4bKx");
         m.set_header(HeaderName::MaxForwards, b"69");
         assert_eq!(m.vias().len(), 2);
         assert_eq!(m.top_via().host.text, "proxy.example.com");
@@ -1024,24 +978,14 @@ v=0\n";
             b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK1 , SIP/2.0/UDP b.example.com;branch=z9hG4bK2\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
         ))
         .expect("parses");
-        assert!(m.set_first_value(
-            &HeaderName::Via,
-            b"SIP/2.0/UDP a.example.com;branch=z9hG4bK1;received=192.0.2.1"
-        ));
+        assert!(m.set_first_value(&HeaderName::Via, b"SIP/2.0/UDP a.example.com;branch=z9hG4bK1;received=192.0.2.1"));
         assert_eq!(m.vias().len(), 2);
-        assert_eq!(
-            m.top_via().received(),
-            Some("192.0.2.1".parse().expect("ip"))
-        );
+        assert_eq!(m.top_via().received(), Some("192.0.2.1".parse().expect("ip")));
         let removed = m.remove_first_value(&HeaderName::Via).expect("removed");
         assert!(removed.ends_with(b"received=192.0.2.1"));
         assert_eq!(m.vias().len(), 1);
         assert_eq!(m.top_via().host.text, "b.example.com");
-        assert_eq!(
-            m.remove_first_value(&HeaderName::Via)
-                .map(|v| !v.is_empty()),
-            Some(true)
-        );
+        assert_eq!(m.remove_first_value(&HeaderName::Via).map(|v| !v.is_empty()), Some(true));
         assert!(m.vias().is_empty());
         assert_eq!(m.top_via().host.text, "");
     }
@@ -1065,17 +1009,13 @@ v=0\n";
         assert_eq!(m.cseq().method, Method::Options);
         let reparsed = SipMessage::parse(m.to_bytes()).expect("reparses");
         assert_eq!(reparsed.content_length(), Some(0));
-        let r = SipMessage::new_response(
-            100,
-            "Trying",
-            &[(HeaderName::Via, b"SIP/2.0/UDP x.example.com")],
-            b"",
-        );
+        let r = SipMessage::new_response(100, "Trying", &[(HeaderName::Via, b"SIP/2.0/UDP x.example.com")], b"");
         assert_eq!(r.status(), Some(100));
         assert_eq!(r.vias().len(), 1);
-        assert!(r.to_bytes().starts_with(
-            b"SIP/2.0 100 Trying\r\nVia: SIP/2.0/UDP x.example.com\r\nContent-Length: 0\r\n\r\n"
-        ));
+        assert!(
+            r.to_bytes()
+                .starts_with(b"SIP/2.0 100 Trying\r\nVia: SIP/2.0/UDP x.example.com\r\nContent-Length: 0\r\n\r\n")
+        );
     }
 
     #[test]
@@ -1083,16 +1023,10 @@ v=0\n";
         let m = msg();
         assert!(m.has_header(&HeaderName::from_text("v")));
         assert!(m.has_header(&HeaderName::Other("CONTENT-TYPE".into())));
-        assert_eq!(
-            m.header(&HeaderName::from_text("c")).as_deref(),
-            Some(&b"application/sdp"[..])
-        );
+        assert_eq!(m.header(&HeaderName::from_text("c")).as_deref(), Some(&b"application/sdp"[..]));
         let mut m = m;
         m.append_header_line(b"X-Foo: bar\r\n").expect("line");
-        assert_eq!(
-            m.header(&HeaderName::Other("x-foo".into())).as_deref(),
-            Some(&b"bar"[..])
-        );
+        assert_eq!(m.header(&HeaderName::Other("x-foo".into())).as_deref(), Some(&b"bar"[..]));
         assert!(m.append_header_line(b"X-Foo: bar\r\nX-Evil: 1").is_err());
         assert_eq!(m.remove_header(&HeaderName::Other("X-FOO".into())), 1);
     }

@@ -30,9 +30,12 @@ pub const MAX_HEADERS: usize = 256;
 /// Most Via values a message may carry (each proxy adds one; RFC 3261
 /// §16.6 step 8); more is a 400.
 pub const MAX_VIAS: usize = 64;
-/// Longest header field, folded lines included; longer is a 400.
+/// Longest header field, folded lines included (RFC 3261 §7.3.1); longer
+/// is a 400.
 pub const MAX_FIELD_LEN: usize = 8192;
-/// Largest message [`super::SipMessage::parse`] accepts.
+/// Largest message [`super::SipMessage::parse`] accepts (a UDP datagram is
+/// at most 65535 bytes, RFC 3261 §18.1.1; streams are bounded by
+/// [`super::framing::next_message`]'s `max`).
 pub const MAX_MESSAGE_LEN: usize = 16 << 20;
 
 type Res<'a, O> = IResult<&'a str, O>;
@@ -186,8 +189,7 @@ pub(crate) fn as_text(v: &[u8]) -> Cow<'_, str> {
 }
 
 static CRLF: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\r\n"));
-static CRLFCRLF: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+static CRLFCRLF: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
 
 /// Position of the first CRLF in `h`.
 pub(crate) fn find_crlf(h: &[u8]) -> Option<usize> {
@@ -292,12 +294,7 @@ fn is_sip_version(v: &[u8]) -> bool {
     }
     let rest = &v[4..];
     match memchr(b'.', rest) {
-        Some(d) => {
-            d > 0
-                && d + 1 < rest.len()
-                && rest[..d].iter().all(u8::is_ascii_digit)
-                && rest[d + 1..].iter().all(u8::is_ascii_digit)
-        }
+        Some(d) => d > 0 && d + 1 < rest.len() && rest[..d].iter().all(u8::is_ascii_digit) && rest[d + 1..].iter().all(u8::is_ascii_digit),
         None => false,
     }
 }
@@ -328,10 +325,7 @@ fn parse_request_line(line: &[u8]) -> (Option<Method>, Result<StartLine, Fail>) 
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
         let f = Fail {
             status: 505,
-            reason: format!(
-                "Version Not Supported - {}",
-                String::from_utf8_lossy(version)
-            ),
+            reason: format!("Version Not Supported - {}", String::from_utf8_lossy(version)),
             replyable: true,
         };
         return (m, Err(f));
@@ -386,10 +380,7 @@ fn has_bare_cr_lf(line: &[u8]) -> bool {
     let mut k = 0;
     while let Some(i) = memchr::memchr2(b'\r', b'\n', &line[k..]) {
         let p = k + i;
-        if line[p] == b'\r'
-            && line.get(p + 1) == Some(&b'\n')
-            && matches!(line.get(p + 2), Some(b' ' | b'\t'))
-        {
+        if line[p] == b'\r' && line.get(p + 1) == Some(&b'\n') && matches!(line.get(p + 2), Some(b' ' | b'\t')) {
             k = p + 2;
         } else {
             return true;
@@ -400,22 +391,14 @@ fn has_bare_cr_lf(line: &[u8]) -> bool {
 
 fn r(s: usize, e: usize) -> R {
     // Messages are capped at MAX_MESSAGE_LEN, far below u32::MAX.
-    R {
-        s: s as u32,
-        e: e as u32,
-    }
+    R { s: s as u32, e: e as u32 }
 }
 
 /// Splits the header section `b[from..end]` into fields (RFC 3261 §7.3:
 /// `name HCOLON value CRLF`, continuation lines start with SP/HTAB).
 /// Unknown names cost no allocation. Malformed lines are skipped and the
 /// first fault is reported in `fail`.
-pub(crate) fn scan_fields(
-    b: &[u8],
-    from: usize,
-    end: usize,
-    fail: &mut Option<Fail>,
-) -> Vec<Field> {
+pub(crate) fn scan_fields(b: &[u8], from: usize, end: usize, fail: &mut Option<Fail>) -> Vec<Field> {
     let mut fields = Vec::with_capacity(24);
     let mut p = from;
     while p < end {
@@ -540,8 +523,7 @@ fn eager_fields(b: &[u8], fields: &[Field]) -> Result<Found, Fail> {
                     return Err(Fail::bad("multiple Max-Forwards header fields"));
                 }
                 f.seen_mf = true;
-                let v = parse_max_forwards(&value_text(raw))
-                    .map_err(|_| Fail::bad("malformed Max-Forwards"))?;
+                let v = parse_max_forwards(&value_text(raw)).map_err(|_| Fail::bad("malformed Max-Forwards"))?;
                 f.max_forwards = Some(v);
             }
             hid::CONTENT_LENGTH => {
@@ -549,8 +531,7 @@ fn eager_fields(b: &[u8], fields: &[Field]) -> Result<Found, Fail> {
                     // RFC 4475 §3.3.9: the body cannot be delimited.
                     return Err(Fail::bad("multiple Content-Length values"));
                 }
-                let v = parse_content_length(&value_text(raw))
-                    .map_err(|_| Fail::bad("malformed Content-Length"))?;
+                let v = parse_content_length(&value_text(raw)).map_err(|_| Fail::bad("malformed Content-Length"))?;
                 f.content_length = Some(v);
             }
             _ => {}
@@ -574,26 +555,17 @@ fn build_partial(b: &[u8], method: Method, fields: &[Field]) -> Option<Box<Parti
     let top_via = Via::parse(elem).ok().or_else(|| Via::parse_lenient(elem))?;
     let copy = fields
         .iter()
-        .filter(|f| {
-            matches!(
-                f.id,
-                hid::VIA | hid::FROM | hid::TO | hid::CALL_ID | hid::CSEQ
-            )
-        })
+        .filter(|f| matches!(f.id, hid::VIA | hid::FROM | hid::TO | hid::CALL_ID | hid::CSEQ))
         .filter_map(orig)
         .map(|(n, v)| (as_text(n).into_owned(), v.to_vec()))
         .collect();
-    let has_to_tag = fields
-        .iter()
-        .find(|f| f.id == hid::TO)
-        .and_then(orig)
-        .is_some_and(|(_, v)| {
-            let v = value_text(v);
-            match NameAddr::parse(&v) {
-                Ok(na) => na.tag().is_some(),
-                Err(_) => v.to_ascii_lowercase().contains(";tag="),
-            }
-        });
+    let has_to_tag = fields.iter().find(|f| f.id == hid::TO).and_then(orig).is_some_and(|(_, v)| {
+        let v = value_text(v);
+        match NameAddr::parse(&v) {
+            Ok(na) => na.tag().is_some(),
+            Err(_) => v.to_ascii_lowercase().contains(";tag="),
+        }
+    });
     Some(Box::new(PartialRequest {
         method,
         top_via,
@@ -668,17 +640,11 @@ pub(crate) fn parse_message(buf: Bytes) -> Result<Inner, ParseError> {
         .filter_map(|(n, m)| m.then_some(n))
         .collect();
         if !missing.is_empty() {
-            set(
-                &mut fail,
-                Fail::bad(&format!("missing {}", missing.join(", "))),
-            );
+            set(&mut fail, Fail::bad(&format!("missing {}", missing.join(", "))));
         }
     }
     if fail.is_none() && !terminated {
-        set(
-            &mut fail,
-            Fail::bad("missing empty line after header fields"),
-        );
+        set(&mut fail, Fail::bad("missing empty line after header fields"));
     }
     let body = match found.content_length {
         Some(cl) if body_start.checked_add(cl).is_none_or(|e| e > b.len()) => {
@@ -699,9 +665,7 @@ pub(crate) fn parse_message(buf: Bytes) -> Result<Inner, ParseError> {
         e.partial = partial;
         return Err(e);
     }
-    let (Some(start), Some(from), Some(to), Some(call_id), Some(cseq)) =
-        (start, found.from, found.to, found.call_id, found.cseq)
-    else {
+    let (Some(start), Some(from), Some(to), Some(call_id), Some(cseq)) = (start, found.from, found.to, found.call_id, found.cseq) else {
         return Err(Fail::drop("internal parser state").into_error());
     };
     let eager = Eager {

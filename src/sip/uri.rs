@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::header::Params;
 use super::msg::ParseError;
 
-/// The URI scheme. `sip` and `sips` are parsed into their parts; any other
+/// The URI scheme (RFC 3261 §19.1.1, §25.1). `sip` and `sips` are parsed into their parts; any other
 /// scheme (`tel`, `mailto`, `im`, …) keeps its text in [`Uri::opaque`]
 /// (RFC 3261 §19.1.1 allows a proxy to route on a scheme it does not know).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,37 +23,41 @@ pub enum Scheme {
     Other(String),
 }
 
-/// The host part of a URI or Via sent-by: a domain name, an IPv4 address or
+/// The host part of a URI or Via sent-by (RFC 3261 §25.1 `host`): a domain name, an IPv4 address or
 /// a bracketed IPv6 reference. `text` is exactly as written (case kept,
 /// brackets kept for IPv6), so an untouched URI re-serialises unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
-    /// The host as written.
+    /// The host as written (RFC 3261 §19.1.1).
     pub text: String,
-    /// The address when the host is an IP literal (for IPv6, without brackets).
+    /// The address when the host is an IP literal (for IPv6, without
+    /// brackets; RFC 5118 §4).
     pub ip: Option<IpAddr>,
 }
 
-/// A parsed URI. Parts are kept in their escaped on-the-wire form; the
+/// A parsed URI (RFC 3261 §19.1). Parts are kept in their escaped on-the-wire form; the
 /// `Display` output of an unmodified URI equals its input text (except
 /// that the scheme is written in lower case).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Uri {
-    /// The scheme.
+    /// The scheme (RFC 3261 §19.1.1).
     pub scheme: Scheme,
-    /// userinfo user part (escaped form), `None` when there is no `@`.
+    /// userinfo user part (escaped form, RFC 3261 §19.1.2), `None` when
+    /// there is no `@`.
     pub user: Option<String>,
     /// userinfo password (escaped form; RFC 3261 §19.1.1 discourages it).
     pub password: Option<String>,
-    /// The host (empty for schemes other than sip/sips).
+    /// The host (RFC 3261 §19.1.1; empty for schemes other than sip/sips).
     pub host: Host,
-    /// The port, when written.
+    /// The port, when written (RFC 3261 §19.1.1).
     pub port: Option<u16>,
-    /// uri-parameters (`;name=value`), in order, names as written.
+    /// uri-parameters (`;name=value`, RFC 3261 §19.1.1), in order, names
+    /// as written.
     pub params: Params,
-    /// The `?headers` part without the `?`.
+    /// The `?headers` part without the `?` (RFC 3261 §19.1.1).
     pub headers: Option<String>,
-    /// For schemes other than sip/sips: everything after `scheme:`.
+    /// For schemes other than sip/sips: everything after `scheme:` (RFC
+    /// 3261 §19.1.1 allows routing on it).
     pub opaque: Option<String>,
 }
 
@@ -115,10 +119,7 @@ pub fn unescape(s: &str) -> Cow<'_, [u8]> {
     let mut k = 0;
     while k < b.len() {
         if b[k] == b'%' {
-            if let (Some(h), Some(l)) = (
-                b.get(k + 1).copied().and_then(hex),
-                b.get(k + 2).copied().and_then(hex),
-            ) {
+            if let (Some(h), Some(l)) = (b.get(k + 1).copied().and_then(hex), b.get(k + 2).copied().and_then(hex)) {
                 out.push(h << 4 | l);
                 k += 3;
                 continue;
@@ -157,13 +158,7 @@ impl Host {
             });
         }
         let b = text.as_bytes();
-        if b.is_empty()
-            || !b
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-            || b[0] == b'.'
-            || b[0] == b'-'
-        {
+        if b.is_empty() || !b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')) || b[0] == b'.' || b[0] == b'-' {
             return Err(bad());
         }
         if b.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
@@ -179,7 +174,8 @@ impl Host {
         })
     }
 
-    /// Builds a host from an address, bracketing IPv6.
+    /// Builds a host from an address, bracketing IPv6 (RFC 3261 §25.1
+    /// `IPv6reference`), e.g. for a `received` Via parameter.
     pub fn from_ip(ip: IpAddr) -> Host {
         let text = match ip {
             IpAddr::V4(a) => a.to_string(),
@@ -213,20 +209,13 @@ impl Uri {
     /// and `/` (RFC 4475 §3.1.1.2, §3.1.1.9) and `%HH` escapes. No
     /// whitespace is allowed anywhere (RFC 4475 §3.1.2.8).
     pub fn parse(text: &str) -> Result<Uri, ParseError> {
-        if text
-            .bytes()
-            .any(|c| c <= b' ' || c == 0x7f || matches!(c, b'<' | b'>' | b'"'))
-        {
+        if text.bytes().any(|c| c <= b' ' || c == 0x7f || matches!(c, b'<' | b'>' | b'"')) {
             return Err(bad_uri("forbidden character"));
         }
         let colon = find(text, b':').ok_or_else(|| bad_uri("no scheme"))?;
         let scheme_text = &text[..colon];
         let sb = scheme_text.as_bytes();
-        if sb.is_empty()
-            || !sb[0].is_ascii_alphabetic()
-            || !sb
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+        if sb.is_empty() || !sb[0].is_ascii_alphabetic() || !sb.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
         {
             return Err(bad_uri("bad scheme"));
         }
@@ -304,9 +293,7 @@ impl Uri {
         let host = Host::parse(host_text).map_err(|_| bad_uri("host"))?;
         let port = match port_text {
             None => None,
-            Some(p) if !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()) => {
-                Some(p.parse::<u16>().map_err(|_| bad_uri("port"))?)
-            }
+            Some(p) if !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()) => Some(p.parse::<u16>().map_err(|_| bad_uri("port"))?),
             Some(_) => return Err(bad_uri("port")),
         };
         let mut plist = Vec::new();
@@ -362,7 +349,7 @@ impl Uri {
         }
     }
 
-    /// True for `sip:` and `sips:` URIs.
+    /// True for `sip:` and `sips:` URIs (RFC 3261 §19.1).
     pub fn is_sip(&self) -> bool {
         matches!(self.scheme, Scheme::Sip | Scheme::Sips)
     }
@@ -373,7 +360,7 @@ impl Uri {
         self.user.as_deref().map(unescape)
     }
 
-    /// Value of a uri-parameter, case-insensitive name. `Some(None)` for a
+    /// Value of a uri-parameter (RFC 3261 §19.1.1), case-insensitive name. `Some(None)` for a
     /// parameter without value (such as `lr`).
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
         self.params.get(name)
@@ -382,11 +369,7 @@ impl Uri {
     /// The port to use when none is written: 5061 for sips, 5060 otherwise
     /// (RFC 3261 §19.1.2).
     pub fn default_port(&self) -> u16 {
-        if self.scheme == Scheme::Sips {
-            5061
-        } else {
-            5060
-        }
+        if self.scheme == Scheme::Sips { 5061 } else { 5060 }
     }
 }
 
