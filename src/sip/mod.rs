@@ -20,3 +20,6 @@ pub use header::{CSeq, HeaderName, NameAddr, Params, Via};
 pub use method::Method;
 pub use msg::{PROXY_SUPPORTED, ParseError, PartialRequest, SipMessage, StartLine, semantic_check, unsupported_proxy_require};
 pub use uri::{Host, Scheme, Uri};
+
+#[cfg(test)]
+mod tests;

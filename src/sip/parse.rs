@@ -209,23 +209,13 @@ pub(crate) fn value_text(v: &[u8]) -> Cow<'_, str> {
     }
 }
 
-/// RFC 3261 §25.1 `word` characters (Call-ID).
-fn is_word_byte(c: u8) -> bool {
-    is_token_byte(c) || b"()<>:\\\"/[]?{}".contains(&c)
-}
-
-/// Validates a Call-ID (`word ["@" word]`, RFC 3261 §25.1).
+/// Validates a Call-ID (RFC 3261 §20.8, §25.1 `callid = word ["@" word]`).
+/// Every `word` character is accepted, as are the other visible ASCII
+/// characters deployed user agents put there (`=` of base64, a second
+/// `@`); empty values, white space, control and non-ASCII bytes are not.
 pub(crate) fn parse_call_id(v: &str) -> Result<String, ParseError> {
-    let bad = || ParseError::bad("malformed Call-ID");
-    let mut parts = v.split('@');
-    let first = parts.next().ok_or_else(bad)?;
-    let second = parts.next();
-    if parts.next().is_some()
-        || first.is_empty()
-        || !first.bytes().all(is_word_byte)
-        || second.is_some_and(|s| s.is_empty() || !s.bytes().all(is_word_byte))
-    {
-        return Err(bad());
+    if v.is_empty() || !v.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(ParseError::bad("malformed Call-ID"));
     }
     Ok(v.to_string())
 }
