@@ -379,6 +379,16 @@ fn has_bare_cr_lf(line: &[u8]) -> bool {
     false
 }
 
+/// True when `region` holds a CR not followed by LF or an LF not
+/// preceded by CR: its line structure is ambiguous, so a broken message
+/// with one is dropped rather than answered.
+fn has_lone_cr_lf(region: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\r', b'\n', region).any(|p| match region[p] {
+        b'\r' => region.get(p + 1) != Some(&b'\n'),
+        _ => p == 0 || region[p - 1] != b'\r',
+    })
+}
+
 fn r(s: usize, e: usize) -> R {
     // Messages are capped at MAX_MESSAGE_LEN, far below u32::MAX.
     R { s: s as u32, e: e as u32 }
@@ -648,7 +658,7 @@ pub(crate) fn parse_message(buf: Bytes) -> Result<Inner, ParseError> {
 
     if let Some(f) = fail {
         let partial = match method {
-            Some(m) if f.replyable && !is_response => build_partial(b, m, &fields),
+            Some(m) if f.replyable && !is_response && !has_lone_cr_lf(&b[hdr_from..hdr_end]) => build_partial(b, m, &fields),
             _ => None,
         };
         let mut e = f.into_error();

@@ -348,3 +348,13 @@ fn framing_stream_of_two() {
     assert_eq!((skip, len), (2, b.len()));
     assert_eq!(next_message(b"INVITE", 3), Err(FrameError::TooLarge(3)));
 }
+
+#[test]
+fn ambiguous_lines_are_never_answered() {
+    // A start-line fault would be answered, but a bare LF elsewhere in the
+    // header section makes the message's structure ambiguous.
+    let text = req("X: a\nY: b\r\n").replace("sip:u@example.com SIP", "<sip:u@example.com> SIP");
+    let e = parse(&text).expect_err("broken");
+    assert!(e.reason.contains("Request-URI"));
+    assert!(e.partial.is_none());
+}
