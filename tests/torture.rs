@@ -20,16 +20,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::Bytes;
 use serlua::sip::framing::{FrameError, next_message};
 use serlua::sip::uri::unescape;
-use serlua::sip::{
-    HeaderName, Method, ParseError, Scheme, SipMessage, StartLine, semantic_check,
-    unsupported_proxy_require,
-};
+use serlua::sip::{HeaderName, Method, ParseError, Scheme, SipMessage, StartLine, semantic_check, unsupported_proxy_require};
 
 fn read(dir: &str, name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/tests/torture/{dir}/{name}.dat",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/torture/{dir}/{name}.dat", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -76,26 +70,18 @@ fn bytes_of(dir: &str, name: &str) -> Vec<u8> {
 /// beyond Content-Length); an edited copy re-parses to the same values.
 fn ok(dir: &str, name: &str) -> SipMessage {
     let b = bytes_of(dir, name);
-    let m = SipMessage::parse(Bytes::from(b.clone()))
-        .unwrap_or_else(|e| panic!("{name} must parse, got {e}"));
+    let m = SipMessage::parse(Bytes::from(b.clone())).unwrap_or_else(|e| panic!("{name} must parse, got {e}"));
     assert!(m.is_pristine());
     let out = m.to_bytes();
     assert!(b.starts_with(&out), "{name}: pristine output is a prefix");
     assert_eq!(m.orig_len(), b.len());
     // An edit: the proxy's Via on top, Max-Forwards decremented.
     let mut e = m.clone();
-    e.insert_first(
-        HeaderName::Via,
-        b"SIP/2.0/UDP proxy.example.net;branch=z9hG4bKtorture",
-    );
+    e.insert_first(HeaderName::Via, b"SIP/2.0/UDP proxy.example.net;branch=z9hG4bKtorture");
     if let Some(mf) = m.max_forwards() {
-        e.set_header(
-            HeaderName::MaxForwards,
-            mf.saturating_sub(1).to_string().as_bytes(),
-        );
+        e.set_header(HeaderName::MaxForwards, mf.saturating_sub(1).to_string().as_bytes());
     }
-    let again = SipMessage::parse(e.to_bytes())
-        .unwrap_or_else(|err| panic!("{name}: edited output must parse: {err}"));
+    let again = SipMessage::parse(e.to_bytes()).unwrap_or_else(|err| panic!("{name}: edited output must parse: {err}"));
     assert_eq!(again.vias().len(), m.vias().len() + 1, "{name}");
     assert_eq!(&again.vias()[1..], m.vias(), "{name}");
     assert_eq!(again.from(), m.from(), "{name}");
@@ -118,18 +104,10 @@ fn err(dir: &str, name: &str) -> ParseError {
 /// request carries the top Via and the lines to copy.
 fn answered(e: &ParseError, status: u16, what: &str) {
     assert_eq!(e.status, status, "{e}");
-    assert!(
-        e.reason.contains(what),
-        "reason {:?} should name {what:?}",
-        e.reason
-    );
+    assert!(e.reason.contains(what), "reason {:?} should name {what:?}", e.reason);
     let p = e.partial.as_ref().expect("a reply is possible");
     assert!(!p.top_via.host.text.is_empty());
-    assert!(
-        p.copy
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("Via") || n == "v")
-    );
+    assert!(p.copy.iter().any(|(n, _)| n.eq_ignore_ascii_case("Via") || n == "v"));
 }
 
 fn dropped(e: &ParseError) {
@@ -831,14 +809,7 @@ fn archive_line_endings() {
 /// Content-Length.
 #[test]
 fn valid_messages_frame_on_streams() {
-    for name in [
-        "wsinv",
-        "esc01",
-        "longreq",
-        "mpart01",
-        "transports",
-        "dblreq",
-    ] {
+    for name in ["wsinv", "esc01", "longreq", "mpart01", "transports", "dblreq"] {
         let b = read("rfc4475", name);
         let m = SipMessage::parse(Bytes::from(b.clone())).expect("parses");
         let (skip, len) = next_message(&b, 65535).expect("frames").expect("complete");
@@ -891,29 +862,15 @@ fn exercise(data: &[u8]) {
     assert_eq!(again.to_bytes(), out);
     assert_eq!(again.vias(), m.vias());
     let _ = (m.call_id(), m.cseq(), m.from(), m.to(), m.top_via());
-    let _ = (
-        m.max_forwards(),
-        m.content_length(),
-        m.body(),
-        m.ruri(),
-        m.reason(),
-    );
-    let _ = (
-        m.routes(),
-        m.record_routes(),
-        m.contacts(),
-        m.header_fields(),
-    );
+    let _ = (m.max_forwards(), m.content_length(), m.body(), m.ruri(), m.reason());
+    let _ = (m.routes(), m.record_routes(), m.contacts(), m.header_fields());
     let _ = semantic_check(&m);
     for name in ["Via", "Contact", "Route", "x-unknown", "l", "Supported"] {
         let n = HeaderName::from_text(name);
         let _ = (m.header(&n), m.headers(&n), m.has_header(&n));
     }
     let mut e = m.clone();
-    e.insert_first(
-        HeaderName::Via,
-        b"SIP/2.0/UDP p.example.net;branch=z9hG4bKf",
-    );
+    e.insert_first(HeaderName::Via, b"SIP/2.0/UDP p.example.net;branch=z9hG4bKf");
     e.set_header(HeaderName::MaxForwards, b"69");
     e.remove_first_value(&HeaderName::Route);
     e.set_first_value(&HeaderName::Contact, b"<sip:x@example.net>");
@@ -1005,10 +962,7 @@ fn property_no_panic_on_mutated_and_random_input() {
     }
     // The mutator must keep a good share of inputs parseable, or the
     // accessors are not exercised.
-    assert!(
-        parsed > iterations / 10,
-        "only {parsed} of {iterations} parsed"
-    );
+    assert!(parsed > iterations / 10, "only {parsed} of {iterations} parsed");
 }
 
 /// Parse time of a typical 600-byte INVITE (run with `cargo test --release

@@ -195,12 +195,31 @@ pub(crate) fn index_of_name(name: &[u8]) -> u8 {
         let c = c.to_ascii_lowercase();
         return COMPACT_KNOWN.iter().find(|(l, _)| *l == c).map_or(hid::OTHER, |(_, i)| *i);
     }
-    let Some(first) = name.first().map(u8::to_ascii_lowercase) else {
-        return hid::OTHER;
+    // Known names by length, so a field name is compared with at most five.
+    let candidates: &[u8] = match name.len() {
+        2 => &[2],
+        3 => &[0],
+        4 => &[1, 4, 28],
+        5 => &[9, 20, 21],
+        6 => &[26],
+        7 => &[3, 8, 11, 16, 23],
+        8 => &[22],
+        9 => &[18],
+        10 => &[25],
+        11 => &[19, 27],
+        12 => &[5, 7, 10],
+        13 => &[12, 17],
+        14 => &[6],
+        16 => &[14, 24],
+        18 => &[15],
+        19 => &[13],
+        _ => return hid::OTHER,
     };
-    LONG.iter()
-        .position(|l| l.len() == name.len() && l.as_bytes()[0].to_ascii_lowercase() == first && l.as_bytes().eq_ignore_ascii_case(name))
-        .map_or(hid::OTHER, |i| i as u8)
+    candidates
+        .iter()
+        .copied()
+        .find(|i| LONG[*i as usize].as_bytes().eq_ignore_ascii_case(name))
+        .unwrap_or(hid::OTHER)
 }
 
 /// The long form of an unknown name: registered compact letters map to

@@ -42,7 +42,83 @@ type Res<'a, O> = IResult<&'a str, O>;
 
 /// RFC 3261 §25.1 `token` characters.
 pub(crate) fn is_token_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    class(c) & TOKEN != 0
+}
+
+/// Character classes of RFC 3261 §25.1, as bits of [`CLASSES`].
+pub(crate) const TOKEN: u8 = 1;
+/// `unreserved` (alphanum / mark).
+pub(crate) const UNRESERVED: u8 = 2;
+/// `user-unreserved` plus unreserved.
+pub(crate) const USER: u8 = 4;
+/// Password characters plus unreserved.
+pub(crate) const PASSWORD: u8 = 8;
+/// `paramchar` without `escaped`.
+pub(crate) const PARAM: u8 = 16;
+/// `hnv-unreserved` plus unreserved, `=`, `&` (and `@`, leniently).
+pub(crate) const HEADER: u8 = 32;
+/// Host name characters (alphanum, `-`, `.`, `_`).
+pub(crate) const HOSTNAME: u8 = 64;
+/// Characters allowed nowhere in a URI (controls, SP, `<`, `>`, `"`,
+/// non-ASCII).
+pub(crate) const URI_FORBIDDEN: u8 = 128;
+
+const fn build_classes() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        let alnum = b.is_ascii_alphanumeric();
+        let mut v = 0u8;
+        if alnum || has(b"-.!%*_+`'~", b) {
+            v |= TOKEN;
+        }
+        let unreserved = alnum || has(b"-_.!~*'()", b);
+        if unreserved {
+            v |= UNRESERVED;
+        }
+        if unreserved || has(b"&=+$,;?/", b) {
+            v |= USER;
+        }
+        if unreserved || has(b"&=+$,", b) {
+            v |= PASSWORD;
+        }
+        if unreserved || has(b"[]/:&+$", b) {
+            v |= PARAM;
+        }
+        if unreserved || has(b"[]/?:+$=&@", b) {
+            v |= HEADER;
+        }
+        if alnum || has(b"-._", b) {
+            v |= HOSTNAME;
+        }
+        if b <= b' ' || b >= 0x7f || has(b"<>\"", b) {
+            v |= URI_FORBIDDEN;
+        }
+        t[c] = v;
+        c += 1;
+    }
+    t
+}
+
+const fn has(set: &[u8], b: u8) -> bool {
+    let mut i = 0;
+    while i < set.len() {
+        if set[i] == b {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Class bits of every byte.
+pub(crate) static CLASSES: [u8; 256] = build_classes();
+
+/// The class bits of `c`.
+#[inline]
+pub(crate) fn class(c: u8) -> u8 {
+    CLASSES[c as usize]
 }
 
 fn is_token_char(c: char) -> bool {

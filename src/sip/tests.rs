@@ -358,3 +358,15 @@ fn ambiguous_lines_are_never_answered() {
     assert!(e.reason.contains("Request-URI"));
     assert!(e.partial.is_none());
 }
+
+#[test]
+fn every_known_name_maps_to_itself() {
+    for i in 0..29u8 {
+        let n = HeaderName::from_index(i);
+        assert_eq!(header::index_of_name(n.as_str().as_bytes()), i, "{n}");
+        assert_eq!(header::index_of_name(n.as_str().to_ascii_uppercase().as_bytes()), i, "{n}");
+        assert_eq!(HeaderName::from_text(&n.as_str().to_ascii_lowercase()), n);
+    }
+    assert_eq!(header::index_of_name(b"X-Via"), header::hid::OTHER);
+    assert_eq!(header::index_of_name(b""), header::hid::OTHER);
+}

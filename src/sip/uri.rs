@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::header::Params;
 use super::msg::ParseError;
+use super::parse::{HEADER, HOSTNAME, PARAM, PASSWORD, URI_FORBIDDEN, USER, class};
 
 /// The URI scheme (RFC 3261 §19.1.1, §25.1). `sip` and `sips` are parsed into their parts; any other
 /// scheme (`tel`, `mailto`, `im`, …) keeps its text in [`Uri::opaque`]
@@ -65,13 +66,9 @@ fn find(s: &str, c: u8) -> Option<usize> {
     memchr::memchr(c, s.as_bytes())
 }
 
-fn is_unreserved(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&c)
-}
-
-/// Checks that every byte of `s` is `allowed` or part of a `%HH` escape
-/// (RFC 3261 §25.1 `escaped`).
-fn valid_escaped(s: &str, allowed: impl Fn(u8) -> bool) -> bool {
+/// Checks that every byte of `s` has one of the `allowed` class bits or is
+/// part of a `%HH` escape (RFC 3261 §25.1 `escaped`).
+fn valid_escaped(s: &str, allowed: u8) -> bool {
     let b = s.as_bytes();
     let mut k = 0;
     while k < b.len() {
@@ -80,29 +77,13 @@ fn valid_escaped(s: &str, allowed: impl Fn(u8) -> bool) -> bool {
                 (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => k += 3,
                 _ => return false,
             }
-        } else if allowed(b[k]) {
+        } else if class(b[k]) & allowed != 0 {
             k += 1;
         } else {
             return false;
         }
     }
     true
-}
-
-fn user_char(c: u8) -> bool {
-    is_unreserved(c) || b"&=+$,;?/".contains(&c)
-}
-
-fn password_char(c: u8) -> bool {
-    is_unreserved(c) || b"&=+$,".contains(&c)
-}
-
-fn param_char(c: u8) -> bool {
-    is_unreserved(c) || b"[]/:&+$".contains(&c)
-}
-
-fn header_char(c: u8) -> bool {
-    is_unreserved(c) || b"[]/?:+$=&@".contains(&c)
 }
 
 /// Decodes `%HH` escapes (RFC 3261 §19.1.2: a URI's escaped characters
@@ -158,7 +139,7 @@ impl Host {
             });
         }
         let b = text.as_bytes();
-        if b.is_empty() || !b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')) || b[0] == b'.' || b[0] == b'-' {
+        if b.is_empty() || !b.iter().all(|c| class(*c) & HOSTNAME != 0) || b[0] == b'.' || b[0] == b'-' {
             return Err(bad());
         }
         if b.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
@@ -209,7 +190,7 @@ impl Uri {
     /// and `/` (RFC 4475 §3.1.1.2, §3.1.1.9) and `%HH` escapes. No
     /// whitespace is allowed anywhere (RFC 4475 §3.1.2.8).
     pub fn parse(text: &str) -> Result<Uri, ParseError> {
-        if text.bytes().any(|c| c <= b' ' || c == 0x7f || matches!(c, b'<' | b'>' | b'"')) {
+        if text.bytes().any(|c| class(c) & URI_FORBIDDEN != 0) {
             return Err(bad_uri("forbidden character"));
         }
         let colon = find(text, b':').ok_or_else(|| bad_uri("no scheme"))?;
@@ -252,11 +233,11 @@ impl Uri {
                     Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                     None => (ui, None),
                 };
-                if u.is_empty() || !valid_escaped(u, user_char) {
+                if u.is_empty() || !valid_escaped(u, USER) {
                     return Err(bad_uri("user part"));
                 }
                 if let Some(p) = p {
-                    if !valid_escaped(p, password_char) {
+                    if !valid_escaped(p, PASSWORD) {
                         return Err(bad_uri("password"));
                     }
                 }
@@ -303,11 +284,11 @@ impl Uri {
                     Some(e) => (&p[..e], Some(&p[e + 1..])),
                     None => (p, None),
                 };
-                if n.is_empty() || !valid_escaped(n, param_char) {
+                if n.is_empty() || !valid_escaped(n, PARAM) {
                     return Err(bad_uri("parameter"));
                 }
                 if let Some(v) = v {
-                    if v.is_empty() || !valid_escaped(v, param_char) {
+                    if v.is_empty() || !valid_escaped(v, PARAM) {
                         return Err(bad_uri("parameter value"));
                     }
                 }
@@ -315,7 +296,7 @@ impl Uri {
             }
         }
         if let Some(h) = headers {
-            if h.is_empty() || !valid_escaped(h, header_char) {
+            if h.is_empty() || !valid_escaped(h, HEADER) {
                 return Err(bad_uri("headers"));
             }
         }
