@@ -519,3 +519,23 @@ end
     let r = only(n.sent());
     assert_eq!(r.msg.status(), Some(200), "reason: {:?}", r.msg.reason());
 }
+
+#[test]
+fn an_endless_loop_in_a_route_is_stopped_with_500() {
+    let script = r#"
+listen = "udp:127.0.0.1:5060"
+function route.main()
+  if msg.method == "INVITE" then while true do end end
+  sl_send_reply(200, "OK")
+end
+"#;
+    let mut n = Net::new(script);
+    let t0 = std::time::Instant::now();
+    n.recv(UAC, &invite("bob", "z9hG4bK-loop"));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let r = only(n.sent());
+    assert_eq!(r.msg.status(), Some(500));
+    // The worker still routes the next message.
+    n.recv(UAC, &invite("bob", "z9hG4bK-loop2").replace("INVITE sip:", "OPTIONS sip:").replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS"));
+    assert_eq!(only(n.sent()).msg.status(), Some(200));
+}

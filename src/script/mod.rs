@@ -11,7 +11,8 @@ pub mod check;
 pub mod export;
 pub mod msgobj;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -111,7 +112,13 @@ pub struct Script {
     pub source: String,
     main: Function,
     tables: [Table; 4],
+    /// When the running route started (real time), for the runaway guard.
+    started: Rc<Cell<Option<Instant>>>,
 }
+
+/// A route (or the script's top level at load) that runs longer than this
+/// is stopped with an error: an endless loop must not take a worker away.
+pub const ROUTE_TIME_LIMIT: Duration = Duration::from_secs(2);
 
 const KINDS: [RouteKind; 4] = [RouteKind::Request, RouteKind::OnReply, RouteKind::Failure, RouteKind::Branch];
 
@@ -135,6 +142,18 @@ impl Script {
     pub fn load_source(path: &Path, source: String, env: Rc<Env>) -> Result<(Script, Header), LoadError> {
         let lua = Lua::new();
         let name = path.display().to_string();
+        let started = Rc::new(Cell::new(Some(Instant::now())));
+        let guard = started.clone();
+        // Checked every few million instructions: cheap, and a runaway route
+        // is stopped within a fraction of a second past the limit.
+        lua.set_hook(mlua::HookTriggers::new().every_nth_instruction(4_000_000), move |_, _| match guard.get() {
+            Some(t) if t.elapsed() > ROUTE_TIME_LIMIT * 5 || (t.elapsed() > ROUTE_TIME_LIMIT && guard_in_route()) => Err(lua_err(format!(
+                "stopped after running for more than {} s (an endless loop?)",
+                t.elapsed().as_secs()
+            ))),
+            _ => Ok(mlua::VmState::Continue),
+        })
+        .map_err(|e| LoadError(clean_lua_error(&e)))?;
         let le = |e: mlua::Error| LoadError(clean_lua_error(&e));
         let params = Rc::new(RefCell::new(ModParams::default()));
         let tables = install_globals(&lua, &env, params.clone()).map_err(le)?;
@@ -145,7 +164,8 @@ impl Script {
             other => return Err(LoadError(format!("{name}: route.main must be a function, not a {}", other.type_name()))),
         };
         let header = read_header(&lua, &name, params.borrow().clone())?;
-        Ok((Script { lua, env, path: path.to_path_buf(), source, main, tables }, header))
+        started.set(None);
+        Ok((Script { lua, env, path: path.to_path_buf(), source, main, tables, started }, header))
     }
 
     /// Runs the static check (unknown primitives, arity, route kinds,
@@ -195,7 +215,11 @@ impl Script {
 
     fn run_fn(&self, f: &Function, ctx: MsgCtx) -> (MsgCtx, RunOutcome) {
         self.env.set_ctx(ctx);
+        self.started.set(Some(Instant::now()));
+        IN_ROUTE.with(|c| c.set(true));
         let r = f.call::<()>(());
+        IN_ROUTE.with(|c| c.set(false));
+        self.started.set(None);
         let ctx = match self.env.take_ctx() {
             Some(c) => c,
             // with_ctx never removes the context; this is unreachable in practice.
@@ -207,6 +231,15 @@ impl Script {
             Err(e) => (ctx, RunOutcome::Error(clean_lua_error(&e))),
         }
     }
+}
+
+thread_local! {
+    static IN_ROUTE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Routes get [`ROUTE_TIME_LIMIT`]; a script's top level at load gets five times that.
+fn guard_in_route() -> bool {
+    IN_ROUTE.with(|c| c.get())
 }
 
 #[cold]
