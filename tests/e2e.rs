@@ -35,7 +35,9 @@ fn secs(d: Duration) -> String {
 fn ensure_sipp(ctx: &Ctx, results: &[&SippResult], calls: u64) {
     let all = results.iter().map(|r| r.describe()).collect::<Vec<_>>().join("; ");
     for r in results {
-        ctx.ensure(r.ok() && r.successful == Some(calls), || format!("expected {calls} successful calls and 0 failed: {all}"));
+        ctx.ensure(r.ok() && r.successful == Some(calls), || {
+            format!("expected {calls} successful calls and 0 failed: {all}")
+        });
     }
 }
 
@@ -60,10 +62,18 @@ fn sipp_scenarios_back_to_back() {
         let tag = format!("{}-{}", uas_sf.trim_end_matches(".xml"), uac_sf.trim_end_matches(".xml"));
         let uas_port = free_udp_port();
         let uac_port = free_udp_port();
-        let uas = SippRun::spawn(&ctx, SippOpts::uas(uas_sf, uas_port, *calls).label(&format!("{tag}.uas")).timeout(Duration::from_secs(40)));
+        let uas = SippRun::spawn(
+            &ctx,
+            SippOpts::uas(uas_sf, uas_port, *calls)
+                .label(&format!("{tag}.uas"))
+                .timeout(Duration::from_secs(40)),
+        );
         let uac = SippRun::spawn(
             &ctx,
-            SippOpts::uac(uac_sf, uac_port, local(uas_port), *calls, 20).label(&format!("{tag}.uac")).args(extra).timeout(Duration::from_secs(40)),
+            SippOpts::uac(uac_sf, uac_port, local(uas_port), *calls, 20)
+                .label(&format!("{tag}.uac"))
+                .args(extra)
+                .timeout(Duration::from_secs(40)),
         );
         let uac_r = uac.wait(Duration::from_secs(10));
         let uas_r = uas.wait(Duration::from_secs(10));
@@ -89,7 +99,10 @@ fn a_call_flow_1000_calls() {
     let uac_port = free_udp_port();
     let uas = SippRun::spawn(&ctx, SippOpts::uas("uas.xml", uas_port, CALLS).timeout(Duration::from_secs(90)));
     let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(uas_port)));
-    let uac = SippRun::spawn(&ctx, SippOpts::uac("uac.xml", uac_port, proxy.addr, CALLS, 150).timeout(Duration::from_secs(90)));
+    let uac = SippRun::spawn(
+        &ctx,
+        SippOpts::uac("uac.xml", uac_port, proxy.addr, CALLS, 150).timeout(Duration::from_secs(90)),
+    );
     let uac_r = uac.wait(Duration::from_secs(10));
     let uas_r = uas.wait(Duration::from_secs(10));
     proxy.ensure_alive(&ctx);
@@ -110,9 +123,15 @@ fn b_cancel_ringing_call() {
     const CALLS: u32 = 20;
     let uas_port = free_udp_port();
     let uac_port = free_udp_port();
-    let uas = SippRun::spawn(&ctx, SippOpts::uas("cancel_uas.xml", uas_port, CALLS).timeout(Duration::from_secs(40)));
+    let uas = SippRun::spawn(
+        &ctx,
+        SippOpts::uas("cancel_uas.xml", uas_port, CALLS).timeout(Duration::from_secs(40)),
+    );
     let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(uas_port)));
-    let uac = SippRun::spawn(&ctx, SippOpts::uac("cancel_uac.xml", uac_port, proxy.addr, CALLS, 10).timeout(Duration::from_secs(40)));
+    let uac = SippRun::spawn(
+        &ctx,
+        SippOpts::uac("cancel_uac.xml", uac_port, proxy.addr, CALLS, 10).timeout(Duration::from_secs(40)),
+    );
     let uac_r = uac.wait(Duration::from_secs(10));
     let uas_r = uas.wait(Duration::from_secs(10));
     proxy.ensure_alive(&ctx);
@@ -134,11 +153,16 @@ fn c1_uas_retransmits_200_until_second_ack() {
     const CALLS: u32 = 10;
     let uas_port = free_udp_port();
     let uac_port = free_udp_port();
-    let uas = SippRun::spawn(&ctx, SippOpts::uas("retrans_uas.xml", uas_port, CALLS).timeout(Duration::from_secs(40)));
+    let uas = SippRun::spawn(
+        &ctx,
+        SippOpts::uas("retrans_uas.xml", uas_port, CALLS).timeout(Duration::from_secs(40)),
+    );
     let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(uas_port)));
     let uac = SippRun::spawn(
         &ctx,
-        SippOpts::uac("uac.xml", uac_port, proxy.addr, CALLS, 10).args(&["-d", "1000"]).timeout(Duration::from_secs(40)),
+        SippOpts::uac("uac.xml", uac_port, proxy.addr, CALLS, 10)
+            .args(&["-d", "1000"])
+            .timeout(Duration::from_secs(40)),
     );
     let uac_r = uac.wait(Duration::from_secs(10));
     let uas_r = uas.wait(Duration::from_secs(10));
@@ -165,8 +189,14 @@ fn c2_invite_retransmission_absorbed() {
         }
         vec![
             (Duration::ZERO, response(&r.msg, 100, "Trying", "", None)),
-            (Duration::from_millis(400), response(&r.msg, 180, "Ringing", &to_tag, Some(uas_addr))),
-            (Duration::from_millis(800), response(&r.msg, 486, "Busy Here", &to_tag, Some(uas_addr))),
+            (
+                Duration::from_millis(400),
+                response(&r.msg, 180, "Ringing", &to_tag, Some(uas_addr)),
+            ),
+            (
+                Duration::from_millis(800),
+                response(&r.msg, 486, "Busy Here", &to_tag, Some(uas_addr)),
+            ),
         ]
     });
     let mut uac = UdpPeer::bind();
@@ -176,7 +206,9 @@ fn c2_invite_retransmission_absorbed() {
     uac.send(&invite, proxy.addr);
     std::thread::sleep(Duration::from_millis(200).saturating_sub(t0.elapsed()));
     uac.send(&invite, proxy.addr);
-    let fin = uac.recv_match(t0 + Duration::from_secs(5), |m| m.status().is_some_and(|s| s >= 200) && m.cseq_method() == Some("INVITE"));
+    let fin = uac.recv_match(t0 + Duration::from_secs(5), |m| {
+        m.status().is_some_and(|s| s >= 200) && m.cseq_method() == Some("INVITE")
+    });
     if let Some(f) = &fin {
         uac.send(&call.ack_for(&f.msg), proxy.addr);
     }
@@ -185,9 +217,13 @@ fn c2_invite_retransmission_absorbed() {
     ctx.note(format!("UAS received:\n{}", uas.transcript(t0)));
     ctx.note(format!("UAC received:\n{}", uac.transcript(t0)));
     let invites = uas.log.iter().filter(|r| r.msg.method() == Some("INVITE")).count();
-    ctx.ensure(invites == 1, || format!("the UAS received {invites} INVITEs, expected exactly 1 (the retransmission must be absorbed by the proxy)"));
+    ctx.ensure(invites == 1, || {
+        format!("the UAS received {invites} INVITEs, expected exactly 1 (the retransmission must be absorbed by the proxy)")
+    });
     let fin = fin.unwrap_or_else(|| ctx.fail("the UAC got no final response to its INVITE within 5 s"));
-    ctx.ensure(fin.msg.status() == Some(486), || format!("the UAC's final response is {}, expected the UAS's 486", fin.msg.first_line));
+    ctx.ensure(fin.msg.status() == Some(486), || {
+        format!("the UAC's final response is {}, expected the UAS's 486", fin.msg.first_line)
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -213,10 +249,15 @@ fn d1_fr_timer_408_when_next_hop_is_silent() {
     while hop.recv_until(Instant::now() + Duration::from_millis(100)).is_some() {}
     proxy.ensure_alive(&ctx);
     ctx.note(format!("UAC received:\n{}", uac.transcript(t0)));
-    ctx.note(format!("next hop received (never answered; times are when the test read them, after the 408):\n{}", hop.transcript(t0)));
+    ctx.note(format!(
+        "next hop received (never answered; times are when the test read them, after the 408):\n{}",
+        hop.transcript(t0)
+    ));
     let fin = fin.unwrap_or_else(|| ctx.fail("no final response within 10 s (expected 408 after fr_timer = 3 s)"));
     let after = fin.at - t0;
-    ctx.ensure(fin.msg.status() == Some(408), || format!("final response {}, expected 408", fin.msg.first_line));
+    ctx.ensure(fin.msg.status() == Some(408), || {
+        format!("final response {}, expected 408", fin.msg.first_line)
+    });
     ctx.ensure(after >= Duration::from_millis(2500) && after <= Duration::from_millis(4500), || {
         format!("408 arrived {} after the INVITE, expected 2.5-4.5 s (fr_timer = 3 s)", secs(after))
     });
@@ -258,9 +299,14 @@ fn d2_inv_timeout_avp_408_after_180() {
     let fin = fin.unwrap_or_else(|| ctx.fail("no final response within 9 s (expected 408 after inv_timeout = 5 s)"));
     let after = fin.at - t0;
     ctx.ensure(ringing, || "the UAC never got the UAS's 180".to_string());
-    ctx.ensure(fin.msg.status() == Some(408), || format!("final response {}, expected 408", fin.msg.first_line));
+    ctx.ensure(fin.msg.status() == Some(408), || {
+        format!("final response {}, expected 408", fin.msg.first_line)
+    });
     ctx.ensure(after >= Duration::from_millis(4500) && after <= Duration::from_millis(6500), || {
-        format!("408 arrived {} after the INVITE, expected 4.5-6.5 s (inv_timeout AVP = 5 s)", secs(after))
+        format!(
+            "408 arrived {} after the INVITE, expected 4.5-6.5 s (inv_timeout AVP = 5 s)",
+            secs(after)
+        )
     });
 }
 
@@ -286,8 +332,12 @@ fn e1_max_forwards_zero_gets_483() {
     ctx.note(format!("UAC received:\n{}", uac.transcript(t0)));
     ctx.note(format!("next hop received:\n{}", hop.transcript(t0)));
     let fin = fin.unwrap_or_else(|| ctx.fail("no final response to an INVITE with Max-Forwards: 0 within 3 s"));
-    ctx.ensure(fin.msg.status() == Some(483), || format!("got {}, expected 483 Too Many Hops", fin.msg.first_line));
-    ctx.ensure(hop.log.iter().all(|r| r.msg.method() != Some("INVITE")), || "an INVITE with Max-Forwards: 0 was forwarded".to_string());
+    ctx.ensure(fin.msg.status() == Some(483), || {
+        format!("got {}, expected 483 Too Many Hops", fin.msg.first_line)
+    });
+    ctx.ensure(hop.log.iter().all(|r| r.msg.method() != Some("INVITE")), || {
+        "an INVITE with Max-Forwards: 0 was forwarded".to_string()
+    });
 
     if let Some(sipsak) = which("sipsak") {
         let out = Command::new(&sipsak)
@@ -296,7 +346,9 @@ fn e1_max_forwards_zero_gets_483() {
             .unwrap_or_else(|e| ctx.fail(&format!("cannot run sipsak: {e}")));
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         ctx.note(format!("sipsak output:\n{text}"));
-        ctx.ensure(text.contains("SIP/2.0 483"), || "sipsak (OPTIONS, Max-Forwards: 0) did not get a 483".to_string());
+        ctx.ensure(text.contains("SIP/2.0 483"), || {
+            "sipsak (OPTIONS, Max-Forwards: 0) did not get a 483".to_string()
+        });
     } else {
         eprintln!("{}: sipsak not installed; checked with a raw UDP INVITE only", ctx.name);
     }
@@ -320,7 +372,9 @@ fn e2_oversize_udp_request_gets_513() {
     ctx.note(format!("UAC received:\n{}", uac.transcript(t0)));
     ctx.note(format!("next hop received:\n{}", hop.transcript(t0)));
     let fin = fin.unwrap_or_else(|| ctx.fail("no response to a 5,000-byte OPTIONS within 3 s (expected 513)"));
-    ctx.ensure(fin.msg.status() == Some(513), || format!("got {}, expected 513 Message Overflow", fin.msg.first_line));
+    ctx.ensure(fin.msg.status() == Some(513), || {
+        format!("got {}, expected 513 Message Overflow", fin.msg.first_line)
+    });
     ctx.ensure(hop.log.is_empty(), || "the 5,000-byte request was forwarded".to_string());
 
     // Under the limit: forwarded, not refused.
@@ -331,8 +385,12 @@ fn e2_oversize_udp_request_gets_513() {
     let got = hop.recv_match(t1 + Duration::from_secs(3), |m| m.method() == Some("OPTIONS"));
     let refused = uac.recv_match(Instant::now() + Duration::from_millis(200), |m| m.status() == Some(513));
     ctx.note(format!("next hop received (second part):\n{}", hop.transcript(t0)));
-    ctx.ensure(got.is_some(), || "a 4,000-byte OPTIONS (under max_len 4096) was not forwarded".to_string());
-    ctx.ensure(refused.is_none(), || "a 4,000-byte OPTIONS (under max_len 4096) got 513".to_string());
+    ctx.ensure(got.is_some(), || {
+        "a 4,000-byte OPTIONS (under max_len 4096) was not forwarded".to_string()
+    });
+    ctx.ensure(refused.is_none(), || {
+        "a 4,000-byte OPTIONS (under max_len 4096) got 513".to_string()
+    });
     proxy.ensure_alive(&ctx);
 }
 
@@ -351,16 +409,33 @@ fn broken_script(test: &str, file: &str, line: u32) {
 
     let check = run_serlua(&ctx, "check", &["check", &script], &env, Duration::from_secs(20));
     let check_out = format!("{}{}", check.stderr, check.stdout);
-    ctx.note(format!("serlua check: {}; output:\n{check_out}", harness::describe_status(check.status)));
+    ctx.note(format!(
+        "serlua check: {}; output:\n{check_out}",
+        harness::describe_status(check.status)
+    ));
     ctx.ensure(!check.timed_out, || "serlua check did not finish within 20 s".to_string());
-    ctx.ensure(check.status.is_some_and(|s| !s.success()), || "serlua check exited 0 on a broken script".to_string());
-    ctx.ensure(check_out.contains(&want), || format!("serlua check output does not contain `{want}`"));
+    ctx.ensure(check.status.is_some_and(|s| !s.success()), || {
+        "serlua check exited 0 on a broken script".to_string()
+    });
+    ctx.ensure(check_out.contains(&want), || {
+        format!("serlua check output does not contain `{want}`")
+    });
 
     let run = run_serlua(&ctx, "run", &["run", &script], &env, Duration::from_secs(10));
-    ctx.note(format!("serlua run: {}; stderr:\n{}", harness::describe_status(run.status), run.stderr));
-    ctx.ensure(!run.timed_out, || "serlua run kept running on a broken script (killed after 10 s)".to_string());
-    ctx.ensure(run.status.is_some_and(|s| !s.success()), || "serlua run exited 0 on a broken script".to_string());
-    ctx.ensure(run.stderr.contains(&want), || format!("serlua run stderr does not contain `{want}`"));
+    ctx.note(format!(
+        "serlua run: {}; stderr:\n{}",
+        harness::describe_status(run.status),
+        run.stderr
+    ));
+    ctx.ensure(!run.timed_out, || {
+        "serlua run kept running on a broken script (killed after 10 s)".to_string()
+    });
+    ctx.ensure(run.status.is_some_and(|s| !s.success()), || {
+        "serlua run exited 0 on a broken script".to_string()
+    });
+    ctx.ensure(run.stderr.contains(&want), || {
+        format!("serlua run stderr does not contain `{want}`")
+    });
 }
 
 #[test]
@@ -385,8 +460,12 @@ fn f4_check_accepts_relay_script() {
     let out = run_serlua(&ctx, "check", &["check", "tests/scripts/relay.lua"], &[], Duration::from_secs(20));
     let text = format!("{}{}", out.stdout, out.stderr);
     ctx.note(format!("serlua check: {}; output:\n{text}", harness::describe_status(out.status)));
-    ctx.ensure(out.status.is_some_and(|s| s.success()), || "serlua check tests/scripts/relay.lua failed".to_string());
-    ctx.ensure(out.stdout.contains("tests/scripts/relay.lua: OK"), || "expected `tests/scripts/relay.lua: OK` on stdout".to_string());
+    ctx.ensure(out.status.is_some_and(|s| s.success()), || {
+        "serlua check tests/scripts/relay.lua failed".to_string()
+    });
+    ctx.ensure(out.stdout.contains("tests/scripts/relay.lua: OK"), || {
+        "expected `tests/scripts/relay.lua: OK` on stdout".to_string()
+    });
 }
 
 /// Keeps the SIP helper honest (it is test code too).

@@ -83,7 +83,9 @@ pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| {
         use std::os::unix::fs::PermissionsExt;
-        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     })
 }
 
@@ -109,7 +111,10 @@ pub fn sipp_or_skip(test: &str) -> bool {
     if env_flag("SERLUA_REQUIRE_SIPP") {
         panic!("{test}: sipp is not installed (apt-get install sip-tester) and SERLUA_REQUIRE_SIPP is set");
     }
-    eprintln!(
+    // Straight to fd 2: the test harness captures eprintln! of passing tests.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
          !!! SKIPPED {test}: sipp is not installed (apt-get install sip-tester, or\n\
          !!! run scripts/test, which installs it). Set SERLUA_REQUIRE_SIPP=1 to fail instead.\n\
@@ -137,7 +142,13 @@ impl Ctx {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        Ctx { name: name.to_string(), dir, started: Instant::now(), logs: RefCell::new(Vec::new()), notes: RefCell::new(Vec::new()) }
+        Ctx {
+            name: name.to_string(),
+            dir,
+            started: Instant::now(),
+            logs: RefCell::new(Vec::new()),
+            notes: RefCell::new(Vec::new()),
+        }
     }
 
     /// A path in the log directory.
@@ -245,7 +256,11 @@ impl ChildGuard {
             });
         }
         let child = cmd.spawn()?;
-        Ok(ChildGuard { name: name.to_string(), child: Some(child), status: None })
+        Ok(ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+            status: None,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -350,7 +365,12 @@ pub struct ProxyOpts<'a> {
 
 impl<'a> ProxyOpts<'a> {
     pub fn relay(next_hop: SocketAddr) -> ProxyOpts<'a> {
-        ProxyOpts { script: "tests/scripts/relay.lua", next_hop, env: &[], label: "serlua" }
+        ProxyOpts {
+            script: "tests/scripts/relay.lua",
+            next_hop,
+            env: &[],
+            label: "serlua",
+        }
     }
     pub fn env(mut self, env: &'a [(&'a str, &'a str)]) -> Self {
         self.env = env;
@@ -401,18 +421,29 @@ impl Proxy {
         let options = call.simple("OPTIONS", 0, "");
         loop {
             if let Some(st) = self.child.try_wait() {
-                ctx.fail(&format!("serlua exited before answering on {} ({})", self.addr, describe_status(Some(st))));
+                ctx.fail(&format!(
+                    "serlua exited before answering on {} ({})",
+                    self.addr,
+                    describe_status(Some(st))
+                ));
             }
             probe.send(&options, self.addr);
             let wait = (Instant::now() + Duration::from_millis(150)).min(deadline);
             if let Some(r) = probe.recv_until(wait) {
                 if r.from.port() == self.addr.port() || r.msg.status().is_some() {
-                    ctx.note(format!("serlua ready after {:?} (probe answered: {})", ctx.started.elapsed(), r.msg.first_line));
+                    ctx.note(format!(
+                        "serlua ready after {:?} (probe answered: {})",
+                        ctx.started.elapsed(),
+                        r.msg.first_line
+                    ));
                     return;
                 }
             }
             if Instant::now() >= deadline {
-                ctx.fail(&format!("serlua did not answer an OPTIONS probe on {} within the deadline", self.addr));
+                ctx.fail(&format!(
+                    "serlua did not answer an OPTIONS probe on {} within the deadline",
+                    self.addr
+                ));
             }
         }
     }
@@ -457,7 +488,11 @@ pub fn run_serlua(ctx: &Ctx, label: &str, args: &[&str], env: &[(&str, &str)], t
     let mut child = ChildGuard::spawn(label, &mut cmd).unwrap_or_else(|e| ctx.fail(&format!("cannot start {SERLUA}: {e}")));
     let status = child.wait_until(Instant::now() + timeout);
     let timed_out = status.is_none();
-    let status = if timed_out { child.terminate(Duration::from_secs(2)) } else { status };
+    let status = if timed_out {
+        child.terminate(Duration::from_secs(2))
+    } else {
+        status
+    };
     drop(child);
     Output {
         status,

@@ -63,7 +63,12 @@ impl SipMsg {
             let (name, value) = line.split_once(':')?;
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
-        Some(SipMsg { first_line, headers, body, raw })
+        Some(SipMsg {
+            first_line,
+            headers,
+            body,
+            raw,
+        })
     }
 
     /// The status code of a response.
@@ -92,7 +97,11 @@ impl SipMsg {
     /// of one header line separated by commas stay together.
     pub fn headers(&self, name: &str) -> Vec<&str> {
         let want = expand(name);
-        self.headers.iter().filter(|(n, _)| expand(n) == want).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| expand(n) == want)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The first value of a header.
@@ -141,7 +150,10 @@ static UNIQUE: AtomicU64 = AtomicU64::new(1);
 /// A process-unique token for Call-IDs, tags and branches.
 pub fn unique(prefix: &str) -> String {
     let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{prefix}{}x{n}x{nanos:x}", std::process::id())
 }
 
@@ -166,11 +178,17 @@ impl UdpPeer {
     pub fn bind() -> UdpPeer {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket on 127.0.0.1");
         let addr = sock.local_addr().expect("local_addr");
-        UdpPeer { sock, addr, log: Vec::new() }
+        UdpPeer {
+            sock,
+            addr,
+            log: Vec::new(),
+        }
     }
 
     pub fn send(&self, data: &str, to: SocketAddr) {
-        self.sock.send_to(data.as_bytes(), to).unwrap_or_else(|e| panic!("send {} bytes to {to}: {e}", data.len()));
+        self.sock
+            .send_to(data.as_bytes(), to)
+            .unwrap_or_else(|e| panic!("send {} bytes to {to}: {e}", data.len()));
     }
 
     /// The next SIP datagram before `deadline`, or None.
@@ -285,7 +303,17 @@ impl Call {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn request(&self, method: &str, branch: &str, cseq: u32, max_forwards: u32, to_tag: &str, extra: &str, ctype: &str, body: &str) -> String {
+    fn request(
+        &self,
+        method: &str,
+        branch: &str,
+        cseq: u32,
+        max_forwards: u32,
+        to_tag: &str,
+        extra: &str,
+        ctype: &str,
+        body: &str,
+    ) -> String {
         let mut s = String::new();
         let _ = write!(s, "{method} {} SIP/2.0\r\n", self.ruri());
         let _ = write!(s, "Via: SIP/2.0/UDP {};branch={branch};rport\r\n", self.uac);
@@ -339,31 +367,6 @@ pub fn padded_to(total: usize, build: impl Fn(&str) -> String) -> String {
     let out = build(&format!("X-Padding: {pad}\r\n"));
     assert_eq!(out.len(), total);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_and_respond() {
-        let uac: SocketAddr = "127.0.0.1:5061".parse().unwrap();
-        let proxy: SocketAddr = "127.0.0.1:5060".parse().unwrap();
-        let call = Call::new(uac, proxy);
-        let inv = SipMsg::parse(call.invite().as_bytes()).unwrap();
-        assert_eq!(inv.method(), Some("INVITE"));
-        assert_eq!(inv.top_branch(), Some(call.branch.as_str()));
-        assert_eq!(inv.header("content-length").unwrap().parse::<usize>().unwrap(), inv.body.len());
-        let r = SipMsg::parse(response(&inv, 180, "Ringing", "tt", None).as_bytes()).unwrap();
-        assert_eq!(r.status(), Some(180));
-        assert_eq!(r.to_tag(), Some("tt"));
-        assert_eq!(r.cseq_method(), Some("INVITE"));
-        let ack = SipMsg::parse(call.ack_for(&r).as_bytes()).unwrap();
-        assert_eq!(ack.to_tag(), Some("tt"));
-        assert_eq!(ack.header("CSeq"), Some("1 ACK"));
-        let p = padded_to(5000, |extra| call.simple("OPTIONS", 70, extra));
-        assert_eq!(p.len(), 5000);
-    }
 }
 
 /// Where a response to `req` goes (RFC 3261 18.2.2 / RFC 3581): the top
@@ -421,4 +424,29 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_respond() {
+        let uac: SocketAddr = "127.0.0.1:5061".parse().unwrap();
+        let proxy: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let call = Call::new(uac, proxy);
+        let inv = SipMsg::parse(call.invite().as_bytes()).unwrap();
+        assert_eq!(inv.method(), Some("INVITE"));
+        assert_eq!(inv.top_branch(), Some(call.branch.as_str()));
+        assert_eq!(inv.header("content-length").unwrap().parse::<usize>().unwrap(), inv.body.len());
+        let r = SipMsg::parse(response(&inv, 180, "Ringing", "tt", None).as_bytes()).unwrap();
+        assert_eq!(r.status(), Some(180));
+        assert_eq!(r.to_tag(), Some("tt"));
+        assert_eq!(r.cseq_method(), Some("INVITE"));
+        let ack = SipMsg::parse(call.ack_for(&r).as_bytes()).unwrap();
+        assert_eq!(ack.to_tag(), Some("tt"));
+        assert_eq!(ack.header("CSeq"), Some("1 ACK"));
+        let p = padded_to(5000, |extra| call.simple("OPTIONS", 70, extra));
+        assert_eq!(p.len(), 5000);
+    }
 }

@@ -137,7 +137,11 @@ impl SippResult {
             "{}: {}{}{}, {} successful, {} failed calls",
             self.label,
             self.status,
-            if meaning.is_empty() { String::new() } else { format!(" ({meaning})") },
+            if meaning.is_empty() {
+                String::new()
+            } else {
+                format!(" ({meaning})")
+            },
             if self.killed { ", killed by the harness" } else { "" },
             count(self.successful),
             count(self.failed),
@@ -164,16 +168,37 @@ impl SippRun {
         let timeout = format!("{}s", opts.timeout.as_secs().max(1));
         args.extend(
             [
-                "-i", "127.0.0.1", "-p", &port, "-bind_local", "-t", "u1", "-m", &calls, "-nostdin", "-timeout", &timeout,
-                "-timeout_error", "-trace_err", "-error_file",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-bind_local",
+                "-t",
+                "u1",
+                "-m",
+                &calls,
+                "-nostdin",
+                "-timeout",
+                &timeout,
+                "-timeout_error",
+                "-trace_err",
+                "-error_file",
             ]
             .iter()
             .map(|s| s.to_string()),
         );
         args.push(error_log.display().to_string());
-        args.extend(["-trace_screen".to_string(), "-screen_file".to_string(), screen_log.display().to_string()]);
+        args.extend([
+            "-trace_screen".to_string(),
+            "-screen_file".to_string(),
+            screen_log.display().to_string(),
+        ]);
         if opts.trace_msg {
-            args.extend(["-trace_msg".to_string(), "-message_file".to_string(), message_log.display().to_string()]);
+            args.extend([
+                "-trace_msg".to_string(),
+                "-message_file".to_string(),
+                message_log.display().to_string(),
+            ]);
         }
         if let Some(r) = opts.rate {
             args.extend(["-r".to_string(), r.to_string()]);
@@ -205,7 +230,15 @@ impl SippRun {
             }
         }
         let _ = ROOT;
-        SippRun { opts, child, error_log, screen_log, stdout_log, message_log, command }
+        SippRun {
+            opts,
+            child,
+            error_log,
+            screen_log,
+            stdout_log,
+            message_log,
+            command,
+        }
     }
 
     /// Waits for sipp to exit on its own (it has its own -timeout; the
