@@ -27,9 +27,10 @@ use super::uri::Uri;
 /// Most header fields a message may carry (RFC 4475 §3.1.1.7 has 47);
 /// more is a 400.
 pub const MAX_HEADERS: usize = 256;
-/// Most Via values a message may carry (each proxy adds one; RFC 3261
-/// §16.6 step 8); more is a 400.
-pub const MAX_VIAS: usize = 64;
+/// Most Via values a message may carry (each proxy adds one, RFC 3261
+/// §16.6 step 8; a request travels at most the 70 hops of the default
+/// Max-Forwards, §8.1.1.6); more is a 400.
+pub const MAX_VIAS: usize = 80;
 /// Longest header field, folded lines included (RFC 3261 §7.3.1); longer
 /// is a 400.
 pub const MAX_FIELD_LEN: usize = 8192;

@@ -370,3 +370,16 @@ fn every_known_name_maps_to_itself() {
     assert_eq!(header::index_of_name(b"X-Via"), header::hid::OTHER);
     assert_eq!(header::index_of_name(b""), header::hid::OTHER);
 }
+
+#[test]
+fn a_message_at_the_via_cap_grows_past_it_when_forwarded() {
+    // Found by the fuzzer: MAX_VIAS values parse; the proxy's own Via makes
+    // the forwarded message one over the cap, which the next hop (if it is
+    // serlua) answers with a 400 naming it.
+    let vias = "Via: SIP/2.0/UDP h;branch=z9hG4bK2\r\n".repeat(MAX_VIAS - 1);
+    let mut m = parse(&req(&vias)).expect("at the cap");
+    assert_eq!(m.vias().len(), MAX_VIAS);
+    m.insert_first(HeaderName::Via, b"SIP/2.0/UDP p;branch=z9hG4bK3");
+    let e = SipMessage::parse(m.to_bytes()).expect_err("over the cap");
+    assert_eq!(e.reason, "Bad Request - too many Via values");
+}
