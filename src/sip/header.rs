@@ -7,7 +7,7 @@ use std::fmt;
 use nom::Parser;
 use nom::character::complete::char;
 use nom::combinator::opt;
-use nom::multi::many0;
+use nom::multi::fold_many0;
 use nom::sequence::preceded;
 
 use super::method::Method;
@@ -405,9 +405,18 @@ impl Params {
         before != self.0.len()
     }
 
-    /// Builds a list from parsed `(name, value)` slices.
-    pub(crate) fn from_pairs(pairs: Vec<(&str, Option<&str>)>) -> Params {
-        Params(pairs.into_iter().map(|(n, v)| (n.to_string(), v.map(str::to_string))).collect())
+    /// `*( SEMI generic-param )` (RFC 3261 §25.1) straight into a list.
+    pub(crate) fn parse_many(i: &str) -> nom::IResult<&str, Params> {
+        fold_many0(
+            generic_param,
+            Vec::new,
+            |mut v: Vec<(String, Option<String>)>, (n, val): (&str, Option<&str>)| {
+                v.push((n.to_string(), val.map(str::to_string)));
+                v
+            },
+        )
+        .map(Params)
+        .parse(i)
     }
 }
 
@@ -481,7 +490,7 @@ impl Via {
     pub fn parse(text: &str) -> Result<Via, ParseError> {
         let bad = || ParseError::bad("malformed Via");
         let (i, (name, version, transport, host, port)) = via_head(text).map_err(|_| bad())?;
-        let (i, params) = many0(generic_param).parse(i).map_err(|_| bad())?;
+        let (i, params) = Params::parse_many(i).map_err(|_| bad())?;
         let (i, _) = sws(i).map_err(|_| bad())?;
         if !i.is_empty() {
             return Err(bad());
@@ -491,7 +500,7 @@ impl Via {
             transport: transport.to_string(),
             host: Host::parse(host).map_err(|_| bad())?,
             port,
-            params: Params::from_pairs(params),
+            params,
         })
     }
 
@@ -500,13 +509,13 @@ impl Via {
     /// readable; parameters are kept up to the first malformed one.
     pub(crate) fn parse_lenient(text: &str) -> Option<Via> {
         let (i, (name, version, transport, host, port)) = via_head(text).ok()?;
-        let params = many0(generic_param).parse(i).map(|(_, p)| p).unwrap_or_default();
+        let params = Params::parse_many(i).map(|(_, p)| p).unwrap_or_default();
         Some(Via {
             protocol: protocol(name, version),
             transport: transport.to_string(),
             host: Host::parse(host).ok()?,
             port,
-            params: Params::from_pairs(params),
+            params,
         })
     }
 
@@ -599,7 +608,7 @@ impl NameAddr {
             (i, None, u, false)
         };
         let uri = Uri::parse(uri_text).map_err(|e| bad(&e.reason))?;
-        let (i, params) = many0(generic_param).parse(i).map_err(|_| bad("parameters"))?;
+        let (i, params) = Params::parse_many(i).map_err(|_| bad("parameters"))?;
         let (i, _) = sws(i).map_err(|_| bad("syntax"))?;
         if !i.is_empty() {
             return Err(bad("unexpected text after the address"));
@@ -608,7 +617,7 @@ impl NameAddr {
             display,
             uri,
             angle,
-            params: Params::from_pairs(params),
+            params,
         })
     }
 
