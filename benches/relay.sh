@@ -31,6 +31,9 @@
 #   --rate R        offered calls/s (default 1000)
 #   --duration S    seconds of calls (default 10): R*S calls are placed
 #   --children N    proxy workers (serlua children / kamailio -n; default 2)
+#   --uac-sockets K UDP sockets the UAC sends from (default 1: sipp -t u1; K > 1:
+#                   -t un -max_socket K, calls spread over K source ports, so a
+#                   proxy that keeps each source on one worker can use them all)
 #   --proxy P       serlua | kamailio | none (default serlua)
 #   --sweep         rate sweep (see above)
 #   --rates "..."   rates for --sweep (default "500 1000 1500 2000 2500 3000 3500 4000 5000 6000")
@@ -48,6 +51,7 @@ PROXIES="serlua kamailio none"
 RATE=1000
 DURATION=10
 CHILDREN=2
+UAC_SOCKETS=1
 PROXY=serlua
 SWEEP=0
 RATES="500 1000 1500 2000 2500 3000 3500 4000 5000 6000"
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
     --rate) RATE=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --children) CHILDREN=$2; shift 2 ;;
+    --uac-sockets) UAC_SOCKETS=$2; shift 2 ;;
     --proxy) PROXY=$2; shift 2 ;;
     --sweep) SWEEP=1; shift ;;
     --rates) RATES=$2; shift 2 ;;
@@ -247,12 +252,17 @@ run_once() {
 
   "start_proxy_$PROXY" "$dir" "$proxy_port" "$uas_port"
   local extra=()
+  if [ "$UAC_SOCKETS" -gt 1 ]; then
+    extra+=(-t un -max_socket "$UAC_SOCKETS")
+  else
+    extra+=(-t u1)
+  fi
   if [ -n "$PROXY_PID" ]; then
     wait_ready "$proxy_port" "$PROXY_PID" "$PROXY" || return 1
     target="127.0.0.1:$proxy_port"
   else
     target="127.0.0.1:$uas_port"
-    extra=(-set no_proxy 1)
+    extra+=(-set no_proxy 1)
   fi
 
   local pids=() t0 t1 c0 c1 u0 u1 uas0 uas1
@@ -264,7 +274,7 @@ run_once() {
   # -l: at most 2 s worth of open calls; -recv_timeout: a lost message fails
   # its call after 1 s instead of hanging the run (the elapsed time, and so
   # "achieved", then includes that wait).
-  sipp -sf "$ROOT/tests/sipp/uac.xml" "$target" -i 127.0.0.1 -p "$uac_port" -bind_local -t u1 -nostdin \
+  sipp -sf "$ROOT/tests/sipp/uac.xml" "$target" -i 127.0.0.1 -p "$uac_port" -bind_local -nostdin \
     -m "$calls" -r "$rate" -d 0 -l "$((rate * 2 + 100))" -recv_timeout 1000 -timeout "$((DURATION + 60))s" \
     -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000 "${extra[@]}" \
     -trace_err -error_file "$dir/uac.errors.log" -trace_screen -screen_file "$dir/uac.screen.log" \
@@ -315,12 +325,12 @@ run_once() {
   [[ "$ko" =~ ^[0-9]+$ ]] || ko=$calls
   awk -v rate="$rate" -v calls="$calls" -v ok="$ok" -v ko="$ko" -v uas_ok="$uas_ok" -v uas_ko="$uas_ko" \
       -v t0="$t0" -v t1="$t1" -v c="$((c1 - c0))" -v u="$u0" -v s="$((uas1 - uas0))" -v tck="$TCK" \
-      -v hwm="$hwm" -v nproc="$nproc" -v proxy="$PROXY" -v children="$CHILDREN" -v dir="$dir" \
+      -v hwm="$hwm" -v nproc="$nproc" -v proxy="$PROXY" -v children="$CHILDREN" -v sockets="$UAC_SOCKETS" -v dir="$dir" \
       -v uac_rc="$uac_rc" -v uas_rc="$uas_rc" -v drops="$((drops1 - drops0))" '
     BEGIN {
       el = (t1 - t0) / 1e9; cps = ok / el; cpu = c / tck
       per10k = (ok > 0) ? cpu * 10000 / ok : 0
-      printf "proxy                 %s (children %s)\n", proxy, children
+      printf "proxy                 %s (children %s, UAC sockets %s)\n", proxy, children, sockets
       printf "offered rate          %d calls/s (%d calls)\n", rate, calls
       printf "achieved              %.1f calls/s (%d successful in %.2f s)\n", cps, ok, el
       printf "failed calls          %d (UAC exit %d; UAS: %s successful, %s failed, exit %d)\n", ko, uac_rc, uas_ok, uas_ko, uas_rc
@@ -388,5 +398,5 @@ for rate in $RATES; do
     break
   fi
 done
-echo "highest rate with 0 failed calls in all $REPEAT runs: ${best:-none} calls/s ($PROXY, children $CHILDREN, ${DURATION}s runs; medians above)" | tee -a "$summary"
+echo "highest rate with 0 failed calls in all $REPEAT runs: ${best:-none} calls/s ($PROXY, children $CHILDREN, UAC sockets $UAC_SOCKETS, ${DURATION}s runs; medians above)" | tee -a "$summary"
 echo "logs: $OUT"
