@@ -40,6 +40,10 @@ struct Io {
 
 type WorkerRc = Rc<RefCell<Worker>>;
 
+/// A worker that has been reading without pause for this long while its
+/// socket queue stays well filled is overloaded: new requests get 503.
+const OVERLOAD_STREAK: Duration = Duration::from_millis(100);
+
 /// TCP listeners and the channels that deal their connections to workers.
 type Acceptor = (Vec<(SocketId, std::net::TcpListener)>, Vec<mpsc::UnboundedSender<TcpTask>>);
 
@@ -305,6 +309,7 @@ async fn udp_loop(worker: WorkerRc, io: Rc<Io>, id: SocketId, sock: Rc<UdpSocket
             return;
         }
         let mut n = 0u32;
+        let busy_since = Instant::now();
         loop {
             match sock.try_recv_from(&mut buf) {
                 Ok((len, src)) => {
@@ -314,8 +319,11 @@ async fn udp_loop(worker: WorkerRc, io: Rc<Io>, id: SocketId, sock: Rc<UdpSocket
                     flush(&worker, &mut w, &io);
                     n += 1;
                     if n % 32 == 0 {
-                        // Falling behind: more than half the receive buffer waits.
-                        let over = udp::queued_bytes(fd).is_some_and(|(q, cap)| q > cap / 2);
+                        // Falling behind: the queue has not emptied for a
+                        // while and still holds a good part of its capacity.
+                        // A burst drains in milliseconds; only arrivals faster
+                        // than we route keep the worker busy this long.
+                        let over = busy_since.elapsed() > OVERLOAD_STREAK && udp::queued_bytes(fd).is_some_and(|(q, cap)| q > cap / 4);
                         if over != w.env.overloaded.get() {
                             w.env.overloaded.set(over);
                             if over {

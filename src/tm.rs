@@ -306,6 +306,10 @@ fn branch_request(env: &Env, base: &SipMessage, uri: &Uri, target: &Target, bran
 /// §16.11). The branch is a hash of the incoming one, so a retransmission
 /// is forwarded with the same branch.
 pub fn forward_stateless(env: &Env, ctx: &mut MsgCtx, hop: Option<(Host, Option<u16>)>) -> bool {
+    if ctx.msg.max_forwards() == Some(0) {
+        ctx.fail(483, "Too Many Hops");
+        return false;
+    }
     let uri = match hop {
         Some((h, p)) => match Uri::parse(&match p {
             Some(p) => format!("sip:{h}:{p}"),
@@ -392,6 +396,12 @@ pub fn absorb(env: &Env, msg: &SipMessage) -> bool {
 /// statelessly; a CANCEL is matched to its INVITE (§16.10).
 pub fn t_relay(env: &Env, ctx: &mut MsgCtx, hop: Option<(Host, Option<u16>)>) -> bool {
     let Some(method) = ctx.msg.method().cloned() else { return false };
+    if ctx.msg.max_forwards() == Some(0) {
+        // RFC 3261 §16.3 step 2: never forward with Max-Forwards 0, even when
+        // the script skipped mf_process_maxfwd_header.
+        ctx.fail(483, "Too Many Hops");
+        return false;
+    }
     if ctx.kind == RouteKind::Failure {
         // The transaction is locked by the code running this failure route;
         // it adds the new branches when the route returns.

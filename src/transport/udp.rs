@@ -14,8 +14,9 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> 
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    // A larger receive queue absorbs bursts; the kernel caps it at rmem_max.
-    let _ = s.set_recv_buffer_size(4 << 20);
+    // A larger receive queue absorbs bursts. SO_RCVBUF is capped at
+    // net.core.rmem_max; SO_RCVBUFFORCE passes the cap where permitted.
+    force_recv_buffer(&s, 4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
@@ -31,4 +32,16 @@ pub fn queued_bytes(fd: std::os::fd::RawFd) -> Option<(u32, u32)> {
     // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
     let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len) };
     (rc == 0).then_some((info[0], info[1]))
+}
+
+fn force_recv_buffer(s: &Socket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let v = bytes as libc::c_int;
+    // SAFETY: setsockopt reads an int from a valid pointer of that size.
+    let rc = unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if rc != 0 {
+        let _ = s.set_recv_buffer_size(bytes);
+    }
 }
