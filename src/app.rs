@@ -13,8 +13,11 @@ use crate::script::{Header, Script};
 /// Command-line overrides of the script's header.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
+    /// `--listen` values; they replace the script's `listen`.
     pub listen: Vec<String>,
+    /// `--children`: worker threads.
     pub children: Option<usize>,
+    /// `--debug`: SER debug level.
     pub debug: Option<i64>,
 }
 

@@ -12,8 +12,10 @@ use crate::transport::{ListenSocket, Proto, SocketId};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("bad listen address '{0}': {1}")]
+    /// A `listen` entry that cannot be used (the entry, why).
     Listen(String, String),
     #[error("{0}")]
+    /// A bad core or module parameter.
     Param(String),
 }
 
@@ -23,8 +25,11 @@ pub enum ConfigError {
 /// Record-Route when the bind address is not reachable as such).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenSpec {
+    /// Transport of the socket.
     pub proto: Proto,
+    /// Address to bind.
     pub addr: SocketAddr,
+    /// Host and port put in Via/Record-Route instead of the bind address.
     pub advertise: Option<(String, u16)>,
 }
 
@@ -102,22 +107,29 @@ fn parse_host_port(s: &str) -> Option<(&str, Option<u16>)> {
 /// A `modparam` value: ser.cfg accepts integers and strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParamValue {
+    /// An integer value.
     Int(i64),
+    /// A string value.
     Str(String),
 }
 
 /// Kind of value a module parameter takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamKind {
+    /// Takes an integer.
     Int,
+    /// Takes a string.
     Str,
 }
 
 /// A module parameter and its documented default.
 #[derive(Clone, Copy, Debug)]
 pub struct ParamDef {
+    /// SER module name (`tm`, `rr`, …).
     pub module: &'static str,
+    /// Parameter name as SER spells it.
     pub name: &'static str,
+    /// Kind of value.
     pub kind: ParamKind,
 }
 
@@ -249,6 +261,7 @@ impl Default for TmConfig {
 /// Everything the core needs from a script's header.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
+    /// Listen sockets, in the order given.
     pub listen: Vec<ListenSpec>,
     /// Worker threads (`children`); default: the number of cores.
     pub children: usize,
@@ -264,9 +277,13 @@ pub struct CoreConfig {
     /// Names and `host[:port]`s served besides the listen addresses
     /// (`alias`), for `is_myself`.
     pub aliases: Vec<(String, Option<u16>)>,
+    /// tm's timers and limits.
     pub tm: TmConfig,
+    /// rr `enable_double_rr`: two Record-Routes when a request changes socket.
     pub rr_double: bool,
+    /// maxfwd `max_limit`: Max-Forwards values above it are lowered.
     pub maxfwd_limit: u32,
+    /// Every `modparam` of the script.
     pub params: ModParams,
 }
 

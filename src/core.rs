@@ -24,14 +24,23 @@ use crate::transport::{ConnId, ListenSocket, Proto, SocketId, Target, Transmit};
 /// Counters every worker updates (read by `serlua ctl stats` and metrics).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Requests received.
     pub rcv_requests: AtomicU64,
+    /// Replies received.
     pub rcv_replies: AtomicU64,
+    /// Requests forwarded (every branch, retransmissions not counted).
     pub fwd_requests: AtomicU64,
+    /// Replies forwarded upstream.
     pub fwd_replies: AtomicU64,
+    /// Replies generated here (sl, 100 Trying, 408, …).
     pub local_replies: AtomicU64,
+    /// Messages that failed to parse.
     pub parse_errors: AtomicU64,
+    /// Route runs that ended in a Lua error.
     pub script_errors: AtomicU64,
+    /// Requests answered 503 because of overload.
     pub overload_503: AtomicU64,
+    /// Messages dropped (replies not for us).
     pub dropped: AtomicU64,
 }
 
@@ -44,8 +53,11 @@ impl Stats {
 
 /// State shared by every worker thread.
 pub struct Shared {
+    /// The configuration the proxy runs with.
     pub cfg: CoreConfig,
+    /// Listen sockets (index = `SocketId`).
     pub sockets: Vec<ListenSocket>,
+    /// The transaction table.
     pub tm: tm::Table,
     /// Random per process: keeps our branches and tags unguessable and lets
     /// us recognise our own Via branches (RFC 3261 §16.6 step 8).
@@ -53,6 +65,7 @@ pub struct Shared {
     /// `z9hG4bK` plus a per-process marker; every branch we create starts
     /// with it.
     pub branch_prefix: String,
+    /// Counters.
     pub stats: Stats,
     /// Addresses of this host, for `is_myself` on wildcard listens.
     pub local_ips: Vec<IpAddr>,
@@ -138,14 +151,18 @@ fn host_text_eq(a: &str, b: &str) -> bool {
 /// request route, they are seen again in its reply and failure routes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AvpName {
+    /// An integer name (`i:45`).
     Int(i64),
+    /// A string name (`inv_timeout`, `s:name`).
     Str(String),
 }
 
 /// An AVP value (`i:45` is `Int(45)`, `s:text` is `Str`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AvpValue {
+    /// An integer value.
     Int(i64),
+    /// A string value.
     Str(String),
 }
 
@@ -196,8 +213,11 @@ impl Avps {
 /// parallel forking targets beside the Request-URI (RFC 3261 §16.6).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BranchTarget {
+    /// Request-URI of the branch.
     pub uri: Uri,
+    /// Next hop overriding the Request-URI.
     pub dst_uri: Option<Uri>,
+    /// q-value (RFC 3261 §16.6), when given.
     pub q: Option<f32>,
 }
 
@@ -205,19 +225,29 @@ pub struct BranchTarget {
 /// change about what happens to it.
 #[derive(Clone, Debug)]
 pub struct MsgCtx {
+    /// The message (request, or reply in an onreply route).
     pub msg: SipMessage,
+    /// Where it came from.
     pub src: SocketAddr,
+    /// The socket it arrived on.
     pub local: SocketId,
+    /// The transport it arrived over.
     pub proto: Proto,
+    /// The connection it arrived on (TCP).
     pub conn: Option<ConnId>,
+    /// Kind of route running on it.
     pub kind: RouteKind,
     /// SER message flags 0..=31; kept with the transaction (notes 24, 44).
     pub flags: u32,
+    /// AVPs (avpops); kept with the transaction.
     pub avps: Avps,
     /// Next hop overriding the Request-URI (set by loose_route, lookup).
     pub dst_uri: Option<Uri>,
+    /// Extra branches (`append_branch`) for `t_relay`.
     pub branches: Vec<BranchTarget>,
+    /// Reply route armed by `t_on_reply`.
     pub on_reply: Option<RouteKey>,
+    /// Failure route armed by `t_on_failure`.
     pub on_failure: Option<RouteKey>,
     /// A reply was sent for this request (stateless or stateful).
     pub replied: bool,
@@ -284,7 +314,9 @@ pub fn lua_err(msg: impl Into<String>) -> mlua::Error {
 /// A per-worker environment: the clock, outgoing messages, timers and the
 /// message being routed. One per worker thread (not shared).
 pub struct Env {
+    /// State shared with the other workers.
     pub shared: Arc<Shared>,
+    /// This worker's number.
     pub worker: usize,
     now: Cell<Instant>,
     out: RefCell<Vec<Transmit>>,

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! serlua: a SIP proxy whose routing logic is a Lua script mirroring SER's
 //! `ser.cfg`. See DESIGN.md in the project's shared folder for the shape.
 

@@ -102,11 +102,21 @@ impl BranchState {
 /// CANCEL progress of a branch (RFC 3261 §9.1, §16.10).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CancelState {
+    /// No CANCEL wanted.
     None,
     /// Wanted, but no provisional reply yet: sent when one arrives.
     Pending,
     /// Sent; retransmitted over UDP until answered.
-    Sent { bytes: Bytes, every: Duration, generation: u32 },
+    /// Sent; retransmitted over UDP until answered.
+    Sent {
+        /// The CANCEL as sent.
+        bytes: Bytes,
+        /// Current retransmission interval.
+        every: Duration,
+        /// Timer generation.
+        generation: u32,
+    },
+    /// Answered (or given up).
     Done,
 }
 
@@ -115,10 +125,13 @@ pub enum CancelState {
 pub struct Branch {
     /// Our Via branch parameter.
     pub id: String,
+    /// Where the branch goes.
     pub target: Target,
+    /// Its Request-URI.
     pub uri: Uri,
     /// The request as sent (resent on retransmission).
     pub request: Bytes,
+    /// Client transaction state.
     pub state: BranchState,
     /// Last status received (408 stands in for a timeout).
     pub status: u16,
@@ -127,6 +140,7 @@ pub struct Branch {
     retrans_gen: u32,
     retrans_every: Duration,
     timeout_gen: u32,
+    /// Whether and how it is being cancelled.
     pub cancel: CancelState,
     /// The ACK we sent for a non-2xx final (resent if it is retransmitted).
     ack: Option<Bytes>,
@@ -135,26 +149,36 @@ pub struct Branch {
 /// A proxy transaction: the request's server transaction and its branches.
 #[derive(Debug)]
 pub struct Txn {
+    /// Process-unique id (part of our branch parameters).
     pub id: u64,
     key: String,
+    /// Method of the request.
     pub method: Method,
     /// The request as the script left it (upstream Vias only); dropped once
     /// the transaction is answered ([`compact`]).
     request: Option<Box<SipMessage>>,
     /// Where replies go upstream (RFC 3261 §18.2.2).
     pub origin: Target,
+    /// Message flags, seen and set by reply and failure routes.
     pub flags: u32,
+    /// AVPs, seen by reply and failure routes.
     pub avps: Avps,
+    /// onreply route to run for each reply.
     pub on_reply: Option<RouteKey>,
+    /// failure route to run when the best reply is >= 300.
     pub on_failure: Option<RouteKey>,
     rr_socket: Option<SocketId>,
     to_tag: String,
+    /// State of the upstream side.
     pub uas: UasState,
+    /// Last status sent upstream (0: none yet).
     pub uas_status: u16,
     uas_reply: Option<Bytes>,
     g_every: Duration,
     g_gen: u32,
+    /// Client transactions, one per branch.
     pub branches: Vec<Branch>,
+    /// A CANCEL arrived for it.
     pub canceled: bool,
     fr: Duration,
     fr_inv: Duration,
@@ -185,9 +209,13 @@ pub enum TimerKind {
 /// superseded timer (up to fr_inv_timer later) comes due.
 #[derive(Debug)]
 pub struct TimerEvent {
+    /// The transaction.
     pub txn: Weak<TxnCell>,
+    /// What to do.
     pub kind: TimerKind,
+    /// Branch index (for branch timers).
     pub branch: u16,
+    /// Generation the timer was armed for; a newer one supersedes it.
     pub generation: u32,
 }
 

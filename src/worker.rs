@@ -18,7 +18,9 @@ use crate::transport::{Incoming, Proto, Transmit};
 
 /// One worker's core.
 pub struct Worker {
+    /// The environment primitives act on.
     pub env: Rc<Env>,
+    /// The worker's loaded script.
     pub script: Script,
 }
 

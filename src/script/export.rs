@@ -44,12 +44,17 @@ impl RouteKind {
 pub struct RouteMask(pub u8);
 
 impl RouteMask {
+    /// Request routes.
     pub const REQUEST: RouteMask = RouteMask(1);
+    /// onreply routes.
     pub const ONREPLY: RouteMask = RouteMask(2);
+    /// failure routes.
     pub const FAILURE: RouteMask = RouteMask(4);
+    /// branch routes.
     pub const BRANCH: RouteMask = RouteMask(8);
     /// Request, failure and branch routes: the ones that act on a request.
     pub const REQ_LIKE: RouteMask = RouteMask(1 | 4 | 8);
+    /// Every kind of route.
     pub const ANY: RouteMask = RouteMask(15);
 
     /// True when `kind` is in the mask.
@@ -68,9 +73,13 @@ impl RouteMask {
 /// value is only known at run time.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LitArg {
+    /// A string literal.
     Str(String),
+    /// An integer literal.
     Int(i64),
+    /// `true` or `false`.
     Bool(bool),
+    /// `nil`.
     Nil,
 }
 
@@ -81,10 +90,15 @@ pub type Fixup = fn(&[Option<LitArg>]) -> Result<(), String>;
 /// One script function a module exports.
 #[derive(Clone, Copy, Debug)]
 pub struct Export {
+    /// Name the script calls it by (the ser.cfg name).
     pub name: &'static str,
+    /// Fewest arguments.
     pub min_args: u8,
+    /// Most arguments.
     pub max_args: u8,
+    /// Route kinds where it may be called.
     pub routes: RouteMask,
+    /// Load-time check of literal arguments.
     pub fixup: Option<Fixup>,
 }
 
@@ -105,7 +119,9 @@ impl Export {
 /// numeric string maps to `Num`, as ser.cfg's route numbers do.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RouteKey {
+    /// `route[n]`.
     Num(i64),
+    /// `route.name`.
     Name(String),
 }
 

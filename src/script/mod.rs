@@ -45,12 +45,19 @@ pub enum RunOutcome {
 /// The script header: what `ser.cfg` sets before its routes.
 #[derive(Debug, Default)]
 pub struct Header {
+    /// `listen`: one string or a list.
     pub listen: Vec<String>,
+    /// `port`: default port for listen entries without one.
     pub port: Option<u16>,
+    /// `children`: worker threads.
     pub children: Option<usize>,
+    /// `debug`: SER log level.
     pub debug: Option<i64>,
+    /// `max_len`: UDP size limit.
     pub max_len: Option<usize>,
+    /// `alias`: names served besides the listen addresses.
     pub aliases: Vec<String>,
+    /// The script's `modparam` calls.
     pub params: ModParams,
 }
 
@@ -106,9 +113,13 @@ pub fn at_caller(lua: &Lua, msg: &str) -> String {
 
 /// A loaded script: its Lua VM and its routes.
 pub struct Script {
+    /// The worker's Lua VM.
     pub lua: Lua,
+    /// The environment the primitives act on.
     pub env: Rc<Env>,
+    /// The script file.
     pub path: PathBuf,
+    /// The script text as loaded.
     pub source: String,
     main: Function,
     tables: [Table; 4],

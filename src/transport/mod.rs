@@ -17,7 +17,9 @@ use crate::sip::{Uri, Via};
 /// served yet; a Via or URI naming them is answered with an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Proto {
+    /// UDP (RFC 3261 §18.1.1).
     Udp,
+    /// TCP (RFC 3261 §18.3 framing).
     Tcp,
 }
 
@@ -73,11 +75,15 @@ pub type ConnId = u64;
 /// `listen = "udp:0.0.0.0:5060 advertise 192.0.2.13"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenSocket {
+    /// Index of the socket.
     pub id: SocketId,
+    /// Transport.
     pub proto: Proto,
+    /// Bound address.
     pub addr: SocketAddr,
     /// Host put in Via/Record-Route (an IPv6 address is bracketed).
     pub adv_host: String,
+    /// Port put in Via/Record-Route.
     pub adv_port: u16,
 }
 
@@ -96,32 +102,44 @@ impl ListenSocket {
 /// A message that arrived, with where it came from (RFC 3261 §18.2.1).
 #[derive(Clone, Debug)]
 pub struct Incoming {
+    /// Socket it arrived on.
     pub local: SocketId,
+    /// Transport it arrived over.
     pub proto: Proto,
+    /// Sender's address.
     pub src: SocketAddr,
     /// The connection it arrived on (stream transports).
     pub conn: Option<ConnId>,
+    /// The message bytes.
     pub data: Bytes,
 }
 
 /// Bytes the core wants sent, and from where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
+    /// Socket to send from.
     pub local: SocketId,
+    /// Transport.
     pub proto: Proto,
+    /// Destination.
     pub dst: SocketAddr,
     /// Send over this connection if it is still open (replies on streams,
     /// RFC 3261 §18.2.2); otherwise a connection to `dst` is used or opened.
     pub conn: Option<ConnId>,
+    /// The message bytes.
     pub data: Bytes,
 }
 
 /// Where and how to send one message: the resolved next hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
+    /// Socket to send from.
     pub local: SocketId,
+    /// Transport.
     pub proto: Proto,
+    /// Destination.
     pub dst: SocketAddr,
+    /// Connection to use, when one is known.
     pub conn: Option<ConnId>,
 }
 

@@ -20,8 +20,11 @@ pub const WRITE_QUEUE: usize = 1024;
 /// A live connection as the senders see it.
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
+    /// Queue of the connection's writer.
     pub tx: mpsc::Sender<Bytes>,
+    /// Remote address.
     pub peer: SocketAddr,
+    /// The listen socket it belongs to.
     pub local: SocketId,
 }
 
