@@ -9,12 +9,13 @@
 
 pub mod sip;
 pub mod sipp;
+pub mod tcp;
 
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -73,6 +74,48 @@ pub fn wait_udp_bound(port: u16, deadline: Instant) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     udp_port_in_use(port)
+}
+
+/// True when this host has IPv6 loopback (`::1` can be bound).
+pub fn have_ipv6() -> bool {
+    UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+/// A port that was free a moment ago for UDP and TCP on 127.0.0.1 and
+/// (when the host has it) on ::1, and that no other test of this process
+/// got: for a proxy listening on UDP and TCP, IPv4 and IPv6, at once.
+pub fn free_port() -> u16 {
+    let v6 = have_ipv6();
+    for _ in 0..1000 {
+        let port = free_udp_port();
+        let free = |ip: IpAddr| UdpSocket::bind((ip, port)).is_ok() && TcpListener::bind((ip, port)).is_ok();
+        if free(Ipv4Addr::LOCALHOST.into()) && (!v6 || free(Ipv6Addr::LOCALHOST.into())) {
+            return port;
+        }
+    }
+    panic!("no port free for UDP and TCP on 127.0.0.1 and ::1");
+}
+
+/// True once something is bound to `addr` with `proto` ("udp"/"tcp"): we
+/// cannot bind it ourselves. (A listening TCP socket refuses a second bind
+/// on Linux even with SO_REUSEADDR.)
+pub fn port_in_use(proto: &str, addr: SocketAddr) -> bool {
+    if proto.eq_ignore_ascii_case("tcp") {
+        TcpListener::bind(addr).is_err()
+    } else {
+        UdpSocket::bind(addr).is_err()
+    }
+}
+
+/// Waits until a process has bound `addr` with `proto`.
+pub fn wait_bound(proto: &str, addr: SocketAddr, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if port_in_use(proto, addr) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    port_in_use(proto, addr)
 }
 
 // ---------------------------------------------------------------------------
@@ -361,6 +404,14 @@ pub struct ProxyOpts<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Label for logs (several proxies in one test).
     pub label: &'a str,
+    /// SERLUA_LISTEN instead of `udp:127.0.0.1:<free port>`; then `probe`
+    /// says where the proxy answers.
+    pub listen: Option<&'a str>,
+    /// The UDP address the readiness probe (and `Proxy::addr`) uses with a
+    /// custom `listen`.
+    pub probe: Option<SocketAddr>,
+    /// Extra arguments after `run SCRIPT` (`--listen ...`).
+    pub args: &'a [&'a str],
 }
 
 impl<'a> ProxyOpts<'a> {
@@ -370,10 +421,32 @@ impl<'a> ProxyOpts<'a> {
             next_hop,
             env: &[],
             label: "serlua",
+            listen: None,
+            probe: None,
+            args: &[],
         }
     }
     pub fn env(mut self, env: &'a [(&'a str, &'a str)]) -> Self {
         self.env = env;
+        self
+    }
+    /// Another script (path relative to the crate root).
+    pub fn script(mut self, script: &'a str) -> Self {
+        self.script = script;
+        self
+    }
+    /// Listens on `listen` (SERLUA_LISTEN) and probes readiness on the UDP
+    /// address `probe`, which becomes `Proxy::addr`.
+    pub fn listen(mut self, listen: &'a str, probe: SocketAddr) -> Self {
+        self.listen = Some(listen);
+        self.probe = Some(probe);
+        self
+    }
+    /// Extra command-line arguments (`--listen udp:...`); `probe` is where
+    /// the proxy is expected to answer.
+    pub fn args(mut self, args: &'a [&'a str], probe: SocketAddr) -> Self {
+        self.args = args;
+        self.probe = Some(probe);
         self
     }
 }
@@ -383,15 +456,21 @@ impl Proxy {
     /// OPTIONS with Max-Forwards: 0, which relay.lua answers with 483 by
     /// itself, is retried until any reply comes back; 20 s deadline).
     pub fn start(ctx: &Ctx, opts: ProxyOpts) -> Proxy {
-        let port = free_udp_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let (listen, addr) = match (opts.listen, opts.probe) {
+            (Some(l), Some(p)) => (l.to_string(), p),
+            (None, Some(p)) => (format!("udp:127.0.0.1:{}", free_udp_port()), p),
+            _ => {
+                let port = free_udp_port();
+                (format!("udp:127.0.0.1:{port}"), SocketAddr::from(([127, 0, 0, 1], port)))
+            }
+        };
         let stderr = ctx.path(&format!("{}.stderr.log", opts.label));
         let stdout = ctx.path(&format!("{}.stdout.log", opts.label));
-        let listen = format!("udp:127.0.0.1:{port}");
         let mut cmd = Command::new(SERLUA);
         cmd.current_dir(ROOT)
             .arg("run")
             .arg(opts.script)
+            .args(opts.args)
             .env("SERLUA_LISTEN", &listen)
             .env("SERLUA_NEXT_HOP", opts.next_hop.to_string())
             .envs(opts.env.iter().copied())
@@ -407,7 +486,12 @@ impl Proxy {
         for (k, v) in opts.env {
             let _ = write!(env_desc, " {k}={v}");
         }
-        ctx.note(format!("{}: {env_desc} {SERLUA} run {}", opts.label, opts.script));
+        ctx.note(format!(
+            "{}: {env_desc} {SERLUA} run {} {}",
+            opts.label,
+            opts.script,
+            opts.args.join(" ")
+        ));
         ctx.add_log(&format!("{} stderr", opts.label), stderr.clone());
         let child = ChildGuard::spawn(opts.label, &mut cmd).unwrap_or_else(|e| ctx.fail(&format!("cannot start {SERLUA}: {e}")));
         let mut proxy = Proxy { addr, stderr, child };
@@ -416,7 +500,10 @@ impl Proxy {
     }
 
     fn wait_ready(&mut self, ctx: &Ctx, deadline: Instant) {
-        let mut probe = UdpPeer::bind();
+        let mut probe = UdpPeer::bind_on(match self.addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
         let call = Call::new(probe.addr, self.addr);
         let options = call.simple("OPTIONS", 0, "");
         loop {
@@ -451,6 +538,11 @@ impl Proxy {
     /// Stops the proxy (SIGTERM) and returns how it ended.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.child.terminate(Duration::from_secs(5))
+    }
+
+    /// serlua's stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// Fails the test if the proxy died during it.

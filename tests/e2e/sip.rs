@@ -5,7 +5,7 @@
 //! proxy's parser cannot hide in the test's.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -176,7 +176,17 @@ pub struct UdpPeer {
 impl UdpPeer {
     /// Binds 127.0.0.1 on a free port.
     pub fn bind() -> UdpPeer {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket on 127.0.0.1");
+        UdpPeer::bind_on(Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// Binds `ip` (127.0.0.1 or ::1) on a free port.
+    pub fn bind_on(ip: IpAddr) -> UdpPeer {
+        UdpPeer::bind_to(SocketAddr::new(ip, 0))
+    }
+
+    /// Binds `addr` (port 0: a free port).
+    pub fn bind_to(addr: SocketAddr) -> UdpPeer {
+        let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind a UDP socket on {addr}: {e}"));
         let addr = sock.local_addr().expect("local_addr");
         UdpPeer {
             sock,
@@ -252,6 +262,8 @@ pub struct Call {
     /// host:port the Request-URI names (the proxy: it rewrites it).
     pub target: SocketAddr,
     pub uac: SocketAddr,
+    /// Via transport token: "UDP" (default) or "TCP".
+    pub transport: &'static str,
 }
 
 impl Call {
@@ -263,7 +275,14 @@ impl Call {
             cseq: 1,
             target,
             uac,
+            transport: "UDP",
         }
+    }
+
+    /// The same call sent over another transport ("TCP"): the Via names it.
+    pub fn over(mut self, transport: &'static str) -> Call {
+        self.transport = transport;
+        self
     }
 
     fn ruri(&self) -> String {
@@ -316,7 +335,7 @@ impl Call {
     ) -> String {
         let mut s = String::new();
         let _ = write!(s, "{method} {} SIP/2.0\r\n", self.ruri());
-        let _ = write!(s, "Via: SIP/2.0/UDP {};branch={branch};rport\r\n", self.uac);
+        let _ = write!(s, "Via: SIP/2.0/{} {};branch={branch};rport\r\n", self.transport, self.uac);
         let _ = write!(s, "From: e2e <sip:e2e@{}>;tag={}\r\n", self.uac, self.from_tag);
         let _ = write!(s, "To: service <{}>{to_tag}\r\n", self.ruri());
         let _ = write!(s, "Call-ID: {}\r\n", self.call_id);

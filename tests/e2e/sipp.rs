@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{ChildGuard, Ctx, ROOT, describe_status, root_path, sipp_path, wait_udp_bound};
+use super::sip::SipMsg;
+use super::{ChildGuard, Ctx, ROOT, describe_status, root_path, sipp_path, wait_bound};
 
 /// What a sipp instance plays.
 #[derive(Clone, Debug)]
@@ -28,8 +29,12 @@ pub struct SippOpts {
     /// Scenario file in tests/sipp/.
     pub scenario: String,
     pub role: Role,
-    /// Local UDP port (127.0.0.1).
+    /// Local port (on `ip`).
     pub port: u16,
+    /// -i: local address, "127.0.0.1" (default) or "::1".
+    pub ip: String,
+    /// -t: "u1" (UDP, default) or "t1" (TCP, one connection).
+    pub transport: String,
     /// -m: calls to process before exiting.
     pub calls: u32,
     /// -r: calls per second (UAC).
@@ -49,6 +54,8 @@ impl SippOpts {
             scenario: scenario.into(),
             role: Role::Uas,
             port,
+            ip: "127.0.0.1".into(),
+            transport: "u1".into(),
             calls,
             rate: None,
             timeout: Duration::from_secs(60),
@@ -63,6 +70,8 @@ impl SippOpts {
             scenario: scenario.into(),
             role: Role::Uac { remote },
             port,
+            ip: "127.0.0.1".into(),
+            transport: "u1".into(),
             calls,
             rate: Some(rate),
             timeout: Duration::from_secs(60),
@@ -83,6 +92,24 @@ impl SippOpts {
 
     pub fn args(mut self, a: &[&str]) -> Self {
         self.extra.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Local address (-i): "127.0.0.1" or "::1".
+    pub fn ip(mut self, ip: &str) -> Self {
+        self.ip = ip.into();
+        self
+    }
+
+    /// Transport (-t): "u1" or "t1".
+    pub fn transport(mut self, t: &str) -> Self {
+        self.transport = t.into();
+        self
+    }
+
+    /// Logs every message (-trace_msg), whatever the call count.
+    pub fn trace_msg(mut self, on: bool) -> Self {
+        self.trace_msg = on;
         self
     }
 
@@ -169,12 +196,12 @@ impl SippRun {
         args.extend(
             [
                 "-i",
-                "127.0.0.1",
+                &opts.ip,
                 "-p",
                 &port,
                 "-bind_local",
                 "-t",
-                "u1",
+                &opts.transport,
                 "-m",
                 &calls,
                 "-nostdin",
@@ -224,9 +251,15 @@ impl SippRun {
         let mut child = ChildGuard::spawn(&format!("sipp {l}"), &mut cmd).unwrap_or_else(|e| ctx.fail(&format!("cannot start sipp: {e}")));
         if matches!(opts.role, Role::Uas) {
             let deadline = Instant::now() + Duration::from_secs(10);
-            if !wait_udp_bound(opts.port, deadline) {
+            let proto = if opts.transport.starts_with('t') { "tcp" } else { "udp" };
+            let ip: std::net::IpAddr = opts
+                .ip
+                .parse()
+                .unwrap_or_else(|_| ctx.fail(&format!("sipp {l}: -i {} is not an IP", opts.ip)));
+            let addr = SocketAddr::new(ip, opts.port);
+            if !wait_bound(proto, addr, deadline) {
                 let st = child.try_wait();
-                ctx.fail(&format!("sipp {l} did not bind 127.0.0.1:{} ({})", opts.port, describe_status(st)));
+                ctx.fail(&format!("sipp {l} did not bind {proto}:{addr} ({})", describe_status(st)));
             }
         }
         let _ = ROOT;
@@ -364,6 +397,42 @@ pub fn error_log_tail(path: &std::path::Path, n: usize, max_bytes: usize) -> Str
         let entry: String = entry.chars().take(max_bytes / n.max(1)).collect();
         for l in entry.lines() {
             let _ = writeln!(out, "    {l}");
+        }
+    }
+    out
+}
+
+/// One message of a sipp message log (`-trace_msg`).
+#[derive(Clone, Debug)]
+pub struct LoggedMsg {
+    /// True for a message sipp received, false for one it sent.
+    pub received: bool,
+    /// "UDP" or "TCP", as sipp logs it.
+    pub proto: String,
+    pub msg: SipMsg,
+}
+
+/// The messages of a sipp message log, in order. Entries are separated by
+/// a line of dashes and a time stamp, then `UDP message received [N] bytes :`
+/// or `TCP message sent (N bytes):`, an empty line and the message.
+pub fn logged_messages(path: &std::path::Path) -> Vec<LoggedMsg> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for entry in text.split("----------------------------------------------- ").skip(1) {
+        let mut parts = entry.splitn(3, '\n');
+        let _stamp = parts.next();
+        let Some(what) = parts.next() else { continue };
+        let Some(body) = parts.next() else { continue };
+        let received = what.contains(" received ");
+        if !received && !what.contains(" sent ") {
+            continue;
+        }
+        let proto = what.split_whitespace().next().unwrap_or("").to_string();
+        // sipp writes LF line ends in its log; SipMsg wants CRLF.
+        let raw = body.trim_start_matches('\n').trim_end().replace("\r\n", "\n").replace('\n', "\r\n");
+        let raw = if raw.contains("\r\n\r\n") { raw } else { format!("{raw}\r\n\r\n") };
+        if let Some(msg) = SipMsg::parse(raw.as_bytes()) {
+            out.push(LoggedMsg { received, proto, msg });
         }
     }
     out
