@@ -235,6 +235,16 @@ async fn accept_loop(l: tokio::net::TcpListener, id: SocketId, txs: Vec<mpsc::Un
     }
 }
 
+/// Runs one step of a worker so that a bug (a panic) costs the message it
+/// was handling, not the worker: the worker goes on with the next message,
+/// and the panic is logged loudly.
+fn guarded(what: impl std::fmt::Display, f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        tracing::error!("internal error while handling {what}: {why}; the message was dropped");
+    }
+}
+
 /// Sends what the worker queued; wakes the timer task when an earlier
 /// timer was armed.
 fn flush(worker: &WorkerRc, w: &mut Worker, io: &Rc<Io>) {
@@ -315,7 +325,7 @@ async fn udp_loop(worker: WorkerRc, io: Rc<Io>, id: SocketId, sock: Rc<UdpSocket
                 Ok((len, src)) => {
                     let data = Bytes::copy_from_slice(&buf[..len]);
                     let mut w = worker.borrow_mut();
-                    w.handle(Instant::now(), Incoming { local: id, proto: Proto::Udp, src, conn: None, data });
+                    guarded(src, || w.handle(Instant::now(), Incoming { local: id, proto: Proto::Udp, src, conn: None, data }));
                     flush(&worker, &mut w, &io);
                     n += 1;
                     if n % 32 == 0 {
@@ -363,7 +373,7 @@ async fn timer_loop(worker: WorkerRc, io: Rc<Io>) {
             }
         }
         let mut w = worker.borrow_mut();
-        w.handle_timeouts(Instant::now());
+        guarded("timers", || w.handle_timeouts(Instant::now()));
         io.timer_at.set(None);
         flush(&worker, &mut w, &io);
     }
@@ -409,7 +419,7 @@ async fn tcp_conn(worker: WorkerRc, io: Rc<Io>, stream: TcpStream, id: ConnId, l
                     }
                     let data = frame.slice(skip..);
                     let mut w = worker.borrow_mut();
-                    w.handle(Instant::now(), Incoming { local, proto: Proto::Tcp, src: peer, conn: Some(id), data });
+                    guarded(peer, || w.handle(Instant::now(), Incoming { local, proto: Proto::Tcp, src: peer, conn: Some(id), data }));
                     flush(&worker, &mut w, &io);
                 }
                 Ok(None) => break,

@@ -79,7 +79,7 @@ pub fn build_reply(req: &SipMessage, status: u16, reason: &str, to_tag: Option<&
 
 /// Where a reply to the request in `ctx` goes (RFC 3261 §18.2.2, RFC 3581).
 pub fn reply_target(ctx: &MsgCtx) -> Option<Target> {
-    let dst = reply_destination(ctx.msg.top_via(), ctx.src, ctx.proto, ctx.conn)?;
+    let dst = reply_destination(ctx.msg.top_via(), ctx.proto)?;
     Some(Target { local: ctx.local, proto: ctx.proto, dst, conn: ctx.conn })
 }
 
@@ -106,11 +106,11 @@ pub fn send_reply(env: &Env, ctx: &mut MsgCtx, status: u16, reason: &str, extra:
 /// fault, 505 for a SIP version we do not speak), from what the parser
 /// could read of it.
 pub fn reply_to_broken(env: &Env, p: &PartialRequest, status: u16, reason: &str, inc: &crate::transport::Incoming) {
-    let (src, local, proto, conn) = (inc.src, inc.local, inc.proto, inc.conn);
+    let (local, proto, conn) = (inc.local, inc.proto, inc.conn);
     if p.method == Method::Ack {
         return;
     }
-    let Some(dst) = reply_destination(&p.top_via, src, proto, conn) else { return };
+    let Some(dst) = reply_destination(&p.top_via, proto) else { return };
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
     for (name, value) in &p.copy {

@@ -1090,7 +1090,7 @@ pub fn forward_reply_stateless(env: &Env, mut msg: SipMessage, local: SocketId) 
     msg.remove_first_value(&HeaderName::Via);
     let via = msg.top_via().clone();
     let Some(proto) = via_proto(&via) else { return false };
-    let Some(dst) = reply_destination(&via, std::net::SocketAddr::from(([0, 0, 0, 0], 0)), proto, None) else {
+    let Some(dst) = reply_destination(&via, proto) else {
         return false;
     };
     let Some(sock) = env.pick_socket(proto, dst, local) else { return false };

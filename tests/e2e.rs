@@ -716,7 +716,6 @@ fn g2_tcp_replies_on_same_connection_and_framing() {
 /// (UDP) answers 486 after 500 ms: the 486 must arrive on a new connection
 /// to the sent-by listener.
 #[test]
-#[ignore = "serlua bug: after the request's TCP connection closes, the response is sent by connecting to the closed connection's source port instead of the Via sent-by (RFC 3261 §18.2.2); the response is lost"]
 fn g3_tcp_reply_after_close_goes_to_sent_by() {
     let ctx = Ctx::new("g3_tcp_reply_after_close_goes_to_sent_by");
     let px = free_port();

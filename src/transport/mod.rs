@@ -144,19 +144,18 @@ pub struct Target {
 }
 
 /// The destination of a response, from the top Via of the request
-/// (RFC 3261 §18.2.2, RFC 3581 §4): on a stream, the connection the request
-/// came on; otherwise the `received` address (or the sent-by host when it
-/// is an IP literal) and the `rport` value, the sent-by port, or 5060.
-/// Returns `None` when the sent-by host is a name without `received`
-/// (cannot happen for requests the core received, which always get
-/// `received` when the host is not the source IP).
-pub fn reply_destination(via: &Via, src: SocketAddr, proto: Proto, conn: Option<ConnId>) -> Option<SocketAddr> {
-    if proto.is_reliable() && conn.is_some() {
-        return Some(src);
-    }
+/// (RFC 3261 §18.2.2, RFC 3581 §4): the `received` address, or the
+/// sent-by host when it is an IP literal; the `rport` value on unreliable
+/// transports, else the sent-by port, else 5060. On a stream the reply
+/// first goes over the connection the request came on (carried beside
+/// this address in [`Target::conn`]); this address is where a new
+/// connection is opened when that one has closed. `None` when the sent-by
+/// is a name without `received` (requests the core received always get
+/// `received` in that case).
+pub fn reply_destination(via: &Via, proto: Proto) -> Option<SocketAddr> {
     let ip: IpAddr = via.received().or(via.host.ip)?;
     let port = match via.rport() {
-        Some(Some(p)) => p,
+        Some(Some(p)) if !proto.is_reliable() => p,
         _ => via.port.unwrap_or(5060),
     };
     Some(SocketAddr::new(ip, port))
