@@ -110,7 +110,13 @@ pub fn reply_to_broken(env: &Env, p: &PartialRequest, status: u16, reason: &str,
     if p.method == Method::Ack {
         return;
     }
-    let Some(dst) = reply_destination(&p.top_via, proto) else { return };
+    // The Via was not stamped with `received` (the message never got that
+    // far): reply to the source address as §18.2.1 would have recorded it.
+    let port = match p.top_via.rport() {
+        Some(None) if !proto.is_reliable() => inc.src.port(),
+        _ => reply_destination(&p.top_via, proto).map(|d| d.port()).unwrap_or(5060),
+    };
+    let dst = std::net::SocketAddr::new(inc.src.ip(), port);
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
     for (name, value) in &p.copy {
