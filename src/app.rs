@@ -29,7 +29,9 @@ pub fn load_and_check(path: &Path) -> Result<Header, Vec<String>> {
             return Err(vec![d.to_string()]);
         }
     }
-    let shared = Arc::new(Shared::new(CoreConfig::with_params(Default::default()).map_err(|e| vec![e.to_string()])?));
+    let shared = Arc::new(Shared::new(
+        CoreConfig::with_params(Default::default()).map_err(|e| vec![e.to_string()])?,
+    ));
     let env = Rc::new(Env::new(shared, 0, Instant::now()));
     let (script, header) = Script::load(path, env).map_err(|e| vec![e.0])?;
     let diags = script.static_check();
@@ -45,7 +47,11 @@ pub fn build_config(path: &Path, header: Header, ov: &Overrides) -> Result<CoreC
     let mut cfg = CoreConfig::with_params(header.params).map_err(|e| format!("{name}: {e}"))?;
     let port = header.port.unwrap_or(5060);
     let listen = if ov.listen.is_empty() { header.listen } else { ov.listen.clone() };
-    let listen = if listen.is_empty() { vec!["udp:127.0.0.1".to_string(), "tcp:127.0.0.1".to_string()] } else { listen };
+    let listen = if listen.is_empty() {
+        vec!["udp:127.0.0.1".to_string(), "tcp:127.0.0.1".to_string()]
+    } else {
+        listen
+    };
     for l in &listen {
         cfg.listen.push(ListenSpec::parse(l, port).map_err(|e| format!("{name}: {e}"))?);
     }

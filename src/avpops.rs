@@ -114,7 +114,11 @@ fn compare(env: &Env, op: Op, have: &AvpValue, want: &AvpValue, icase: bool) -> 
                 let r = env.regex(&format!("{}{}", if icase { "(?i)" } else { "" }, sb))?;
                 return Ok(r.is_match(sa.as_bytes()));
             }
-            if icase { sa.to_lowercase().cmp(&sb.to_lowercase()) } else { sa.cmp(&sb) }
+            if icase {
+                sa.to_lowercase().cmp(&sb.to_lowercase())
+            } else {
+                sa.cmp(&sb)
+            }
         }
     };
     Ok(match op {
@@ -137,17 +141,28 @@ fn avp_text(v: &AvpValue) -> String {
 
 /// Registers avpops' primitives.
 pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
-    reg(lua, env, EXPORTS, "avp_write", |_, _, ctx, (value, StrArg(name)): (Value, StrArg)| {
-        let name = parse_name(&name).map_err(lua_err)?;
-        let v = match value {
-            Value::Integer(i) => AvpValue::Int(i),
-            Value::Number(n) if n.fract() == 0.0 => AvpValue::Int(n as i64),
-            Value::String(s) => parse_value(ctx, &s.to_string_lossy()).map_err(lua_err)?,
-            other => return Err(lua_err(format!("avp_write: value must be a string or a number, not {}", other.type_name()))),
-        };
-        ctx.avps.write(name, v);
-        Ok(true)
-    })?;
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "avp_write",
+        |_, _, ctx, (value, StrArg(name)): (Value, StrArg)| {
+            let name = parse_name(&name).map_err(lua_err)?;
+            let v = match value {
+                Value::Integer(i) => AvpValue::Int(i),
+                Value::Number(n) if n.fract() == 0.0 => AvpValue::Int(n as i64),
+                Value::String(s) => parse_value(ctx, &s.to_string_lossy()).map_err(lua_err)?,
+                other => {
+                    return Err(lua_err(format!(
+                        "avp_write: value must be a string or a number, not {}",
+                        other.type_name()
+                    )));
+                }
+            };
+            ctx.avps.write(name, v);
+            Ok(true)
+        },
+    )?;
     reg(lua, env, EXPORTS, "avp_read", |lua, _, ctx, StrArg(name): StrArg| {
         let name = parse_name(&name).map_err(lua_err)?;
         Ok(match ctx.avps.read(&name) {
@@ -160,25 +175,35 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
         let name = parse_name(&name).map_err(lua_err)?;
         Ok(ctx.avps.delete(&name) > 0)
     })?;
-    reg(lua, env, EXPORTS, "avp_check", |_, env, ctx, (StrArg(name), StrArg(check)): (StrArg, StrArg)| {
-        let name = parse_name(&name).map_err(lua_err)?;
-        let (op, value, all, icase) = parse_check(&check).map_err(lua_err)?;
-        let want = if let Some(other) = value.strip_prefix('$') {
-            match ctx.avps.read(&parse_name(other).map_err(lua_err)?) {
-                Some(v) => v.clone(),
-                None => return Ok(false),
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "avp_check",
+        |_, env, ctx, (StrArg(name), StrArg(check)): (StrArg, StrArg)| {
+            let name = parse_name(&name).map_err(lua_err)?;
+            let (op, value, all, icase) = parse_check(&check).map_err(lua_err)?;
+            let want = if let Some(other) = value.strip_prefix('$') {
+                match ctx.avps.read(&parse_name(other).map_err(lua_err)?) {
+                    Some(v) => v.clone(),
+                    None => return Ok(false),
+                }
+            } else {
+                parse_value(ctx, &value).map_err(lua_err)?
+            };
+            let values: Vec<AvpValue> = if all {
+                ctx.avps.read_all(&name).into_iter().cloned().collect()
+            } else {
+                ctx.avps.read(&name).cloned().into_iter().collect()
+            };
+            for v in &values {
+                if compare(env, op, v, &want, icase).map_err(lua_err)? {
+                    return Ok(true);
+                }
             }
-        } else {
-            parse_value(ctx, &value).map_err(lua_err)?
-        };
-        let values: Vec<AvpValue> = if all { ctx.avps.read_all(&name).into_iter().cloned().collect() } else { ctx.avps.read(&name).cloned().into_iter().collect() };
-        for v in &values {
-            if compare(env, op, v, &want, icase).map_err(lua_err)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    })
+            Ok(false)
+        },
+    )
 }
 
 #[cfg(test)]

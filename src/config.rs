@@ -65,7 +65,9 @@ impl ListenSpec {
             }
         };
         if ip.is_unspecified() && advertise.is_none() {
-            return Err(bad("a wildcard address needs 'advertise HOST[:PORT]' so Via and Record-Route name a reachable address"));
+            return Err(bad(
+                "a wildcard address needs 'advertise HOST[:PORT]' so Via and Record-Route name a reachable address",
+            ));
         }
         Ok(ListenSpec { proto, addr, advertise })
     }
@@ -82,7 +84,13 @@ impl ListenSpec {
                 self.addr.port(),
             ),
         };
-        ListenSocket { id, proto: self.proto, addr: self.addr, adv_host, adv_port }
+        ListenSocket {
+            id,
+            proto: self.proto,
+            addr: self.addr,
+            adv_host,
+            adv_port,
+        }
     }
 }
 
@@ -136,16 +144,56 @@ pub struct ParamDef {
 /// Every module parameter serlua knows (the SER/Kamailio names). Seconds
 /// for tm timers, as SER 0.9 takes them.
 pub const PARAMS: &[ParamDef] = &[
-    ParamDef { module: "tm", name: "fr_timer", kind: ParamKind::Int },
-    ParamDef { module: "tm", name: "fr_inv_timer", kind: ParamKind::Int },
-    ParamDef { module: "tm", name: "fr_timer_avp", kind: ParamKind::Str },
-    ParamDef { module: "tm", name: "fr_inv_timer_avp", kind: ParamKind::Str },
-    ParamDef { module: "tm", name: "wait_timer", kind: ParamKind::Int },
-    ParamDef { module: "tm", name: "retr_timer1", kind: ParamKind::Int },
-    ParamDef { module: "tm", name: "retr_timer2", kind: ParamKind::Int },
-    ParamDef { module: "tm", name: "max_transactions", kind: ParamKind::Int },
-    ParamDef { module: "rr", name: "enable_double_rr", kind: ParamKind::Int },
-    ParamDef { module: "maxfwd", name: "max_limit", kind: ParamKind::Int },
+    ParamDef {
+        module: "tm",
+        name: "fr_timer",
+        kind: ParamKind::Int,
+    },
+    ParamDef {
+        module: "tm",
+        name: "fr_inv_timer",
+        kind: ParamKind::Int,
+    },
+    ParamDef {
+        module: "tm",
+        name: "fr_timer_avp",
+        kind: ParamKind::Str,
+    },
+    ParamDef {
+        module: "tm",
+        name: "fr_inv_timer_avp",
+        kind: ParamKind::Str,
+    },
+    ParamDef {
+        module: "tm",
+        name: "wait_timer",
+        kind: ParamKind::Int,
+    },
+    ParamDef {
+        module: "tm",
+        name: "retr_timer1",
+        kind: ParamKind::Int,
+    },
+    ParamDef {
+        module: "tm",
+        name: "retr_timer2",
+        kind: ParamKind::Int,
+    },
+    ParamDef {
+        module: "tm",
+        name: "max_transactions",
+        kind: ParamKind::Int,
+    },
+    ParamDef {
+        module: "rr",
+        name: "enable_double_rr",
+        kind: ParamKind::Int,
+    },
+    ParamDef {
+        module: "maxfwd",
+        name: "max_limit",
+        kind: ParamKind::Int,
+    },
 ];
 
 /// The `modparam()` calls of a script, validated against [`PARAMS`].
@@ -227,14 +275,18 @@ impl TmConfig {
         let secs = |name: &str, default: i64| -> Result<Duration, ConfigError> {
             let v = p.int("tm", name, default);
             if v <= 0 {
-                return Err(ConfigError::Param(format!("modparam tm.{name} must be a positive number of seconds, got {v}")));
+                return Err(ConfigError::Param(format!(
+                    "modparam tm.{name} must be a positive number of seconds, got {v}"
+                )));
             }
             Ok(Duration::from_secs(v as u64))
         };
         let millis = |name: &str, default: i64| -> Result<Duration, ConfigError> {
             let v = p.int("tm", name, default);
             if v <= 0 {
-                return Err(ConfigError::Param(format!("modparam tm.{name} must be a positive number of milliseconds, got {v}")));
+                return Err(ConfigError::Param(format!(
+                    "modparam tm.{name} must be a positive number of milliseconds, got {v}"
+                )));
             }
             Ok(Duration::from_millis(v as u64))
         };

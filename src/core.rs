@@ -129,15 +129,17 @@ impl Shared {
                 }
             }
         }
-        self.cfg.aliases.iter().any(|(h, p)| host_text_eq(h, &host.text) && p.is_none_or(|p| p == port))
+        self.cfg
+            .aliases
+            .iter()
+            .any(|(h, p)| host_text_eq(h, &host.text) && p.is_none_or(|p| p == port))
     }
 
     /// True when the Via's sent-by names one of our sockets (a reply whose
     /// top Via is ours is forwarded statelessly, RFC 3261 §16.7 step 3 and
     /// §18.1.2).
     pub fn via_is_ours(&self, via: &crate::sip::Via) -> bool {
-        via.branch().is_some_and(|b| b.starts_with(&self.branch_prefix))
-            && self.is_myself(&via.host, via.port, 5060)
+        via.branch().is_some_and(|b| b.starts_with(&self.branch_prefix)) && self.is_myself(&via.host, via.port, 5060)
     }
 }
 
@@ -362,7 +364,13 @@ impl Env {
 
     /// Sends `data` to a resolved target.
     pub fn send_to(&self, target: &Target, data: bytes::Bytes) {
-        self.send(Transmit { local: target.local, proto: target.proto, dst: target.dst, conn: target.conn, data });
+        self.send(Transmit {
+            local: target.local,
+            proto: target.proto,
+            dst: target.dst,
+            conn: target.conn,
+            data,
+        });
     }
 
     /// Takes everything queued for sending.
@@ -405,7 +413,10 @@ impl Env {
     /// may be called in this kind of route (Kamailio's per-function route
     /// flags).
     pub fn with_ctx<R>(&self, export: &Export, f: impl FnOnce(&mut MsgCtx) -> mlua::Result<R>) -> mlua::Result<R> {
-        let mut slot = self.ctx.try_borrow_mut().map_err(|_| lua_err(format!("{}() called re-entrantly", export.name)))?;
+        let mut slot = self
+            .ctx
+            .try_borrow_mut()
+            .map_err(|_| lua_err(format!("{}() called re-entrantly", export.name)))?;
         let ctx = slot
             .as_mut()
             .ok_or_else(|| lua_err(format!("{}() can only be called while a route runs, not at load time", export.name)))?;

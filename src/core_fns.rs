@@ -43,7 +43,11 @@ fn fix_flag(args: &[Option<LitArg>]) -> Result<(), String> {
         Some(Some(LitArg::Str(s))) => s.trim().parse().map_err(|_| format!("flag '{s}' is not a number"))?,
         _ => return Ok(()),
     };
-    if (0..=31).contains(&v) { Ok(()) } else { Err(format!("flag {v} is outside 0..31")) }
+    if (0..=31).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("flag {v} is outside 0..31"))
+    }
 }
 
 fn fix_match(args: &[Option<LitArg>]) -> Result<(), String> {
@@ -59,7 +63,11 @@ pub fn match_regex(re: &str) -> String {
 }
 
 fn flag_bit(IntArg(f): IntArg) -> mlua::Result<u32> {
-    if (0..=31).contains(&f) { Ok(1u32 << f) } else { Err(lua_err(format!("flag {f} is outside 0..31"))) }
+    if (0..=31).contains(&f) {
+        Ok(1u32 << f)
+    } else {
+        Err(lua_err(format!("flag {f} is outside 0..31")))
+    }
 }
 
 /// Splits `host[:port]` (IPv6 in brackets) for rewritehostport.
@@ -84,7 +92,9 @@ pub fn parse_hostport(s: &str) -> Option<(Host, Option<u16>)> {
 }
 
 fn edit_ruri(ctx: &mut MsgCtx, f: impl FnOnce(&mut Uri) -> Result<(), String>) -> mlua::Result<bool> {
-    let Some(mut uri) = ctx.msg.ruri().cloned() else { return Err(lua_err("the message has no Request-URI")) };
+    let Some(mut uri) = ctx.msg.ruri().cloned() else {
+        return Err(lua_err("the message has no Request-URI"));
+    };
     f(&mut uri).map_err(lua_err)?;
     ctx.msg.set_ruri(uri);
     Ok(true)
@@ -100,7 +110,9 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
         ctx.flags &= !flag_bit(f)?;
         Ok(true)
     })?;
-    reg(lua, env, EXPORTS, "isflagset", |_, _, ctx, f: IntArg| Ok(ctx.flags & flag_bit(f)? != 0))?;
+    reg(lua, env, EXPORTS, "isflagset", |_, _, ctx, f: IntArg| {
+        Ok(ctx.flags & flag_bit(f)? != 0)
+    })?;
     reg(lua, env, EXPORTS, "is_myself", |_, env, _, StrArg(s): StrArg| {
         if let Ok(uri) = Uri::parse(s.trim()) {
             return Ok(uri.is_sip() && env.shared.is_myself(&uri.host, uri.port, uri.default_port()));
@@ -110,39 +122,55 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
             None => false,
         })
     })?;
-    reg(lua, env, EXPORTS, "regex_match", |_, env, _, (subject, StrArg(re)): (Value, StrArg)| {
-        let subject = match subject {
-            Value::Nil => return Ok(false),
-            Value::String(s) => s.as_bytes().to_vec(),
-            Value::Integer(i) => i.to_string().into_bytes(),
-            Value::Number(n) => n.to_string().into_bytes(),
-            other => return Err(lua_err(format!("regex_match: subject must be a string, not {}", other.type_name()))),
-        };
-        let r = env.regex(&match_regex(&re)).map_err(lua_err)?;
-        Ok(r.is_match(&subject))
-    })?;
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "regex_match",
+        |_, env, _, (subject, StrArg(re)): (Value, StrArg)| {
+            let subject = match subject {
+                Value::Nil => return Ok(false),
+                Value::String(s) => s.as_bytes().to_vec(),
+                Value::Integer(i) => i.to_string().into_bytes(),
+                Value::Number(n) => n.to_string().into_bytes(),
+                other => return Err(lua_err(format!("regex_match: subject must be a string, not {}", other.type_name()))),
+            };
+            let r = env.regex(&match_regex(&re)).map_err(lua_err)?;
+            Ok(r.is_match(&subject))
+        },
+    )?;
     reg(lua, env, EXPORTS, "drop", |_, _, ctx, ()| -> mlua::Result<()> {
         ctx.dropped = true;
         Err(mlua::Error::external(ScriptExit))
     })?;
-    reg(lua, env, EXPORTS, "exit", |_, _, _, ()| -> mlua::Result<()> { Err(mlua::Error::external(ScriptExit)) })?;
-    reg(lua, env, EXPORTS, "forward", |lua, env, ctx, (host, port): (Option<StrArg>, Option<IntArg>)| {
-        let hop = match host {
-            None => None,
-            Some(StrArg(h)) => {
-                let (host, p) = parse_hostport(&h).ok_or_else(|| lua_err(at_caller(lua, &format!("forward: bad host '{h}'"))))?;
-                let port = match port {
-                    Some(IntArg(p)) if (1..=65535).contains(&p) => Some(p as u16),
-                    Some(IntArg(p)) => return Err(lua_err(format!("forward: bad port {p}"))),
-                    None => p,
-                };
-                Some((host, port))
-            }
-        };
-        Ok(crate::tm::forward_stateless(env, ctx, hop))
+    reg(lua, env, EXPORTS, "exit", |_, _, _, ()| -> mlua::Result<()> {
+        Err(mlua::Error::external(ScriptExit))
     })?;
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "forward",
+        |lua, env, ctx, (host, port): (Option<StrArg>, Option<IntArg>)| {
+            let hop = match host {
+                None => None,
+                Some(StrArg(h)) => {
+                    let (host, p) = parse_hostport(&h).ok_or_else(|| lua_err(at_caller(lua, &format!("forward: bad host '{h}'"))))?;
+                    let port = match port {
+                        Some(IntArg(p)) if (1..=65535).contains(&p) => Some(p as u16),
+                        Some(IntArg(p)) => return Err(lua_err(format!("forward: bad port {p}"))),
+                        None => p,
+                    };
+                    Some((host, port))
+                }
+            };
+            Ok(crate::tm::forward_stateless(env, ctx, hop))
+        },
+    )?;
     reg(lua, env, EXPORTS, "strip", |_, _, ctx, IntArg(n): IntArg| {
-        let Some(user) = ctx.msg.ruri().and_then(|u| u.user.clone()) else { return Ok(false) };
+        let Some(user) = ctx.msg.ruri().and_then(|u| u.user.clone()) else {
+            return Ok(false);
+        };
         if n < 0 || n as usize > user.len() || !user.is_char_boundary(n as usize) {
             return Ok(false);
         }
@@ -152,7 +180,9 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
         })
     })?;
     reg(lua, env, EXPORTS, "strip_tail", |_, _, ctx, IntArg(n): IntArg| {
-        let Some(user) = ctx.msg.ruri().and_then(|u| u.user.clone()) else { return Ok(false) };
+        let Some(user) = ctx.msg.ruri().and_then(|u| u.user.clone()) else {
+            return Ok(false);
+        };
         if n < 0 || n as usize > user.len() || !user.is_char_boundary(user.len() - n as usize) {
             return Ok(false);
         }
@@ -205,26 +235,35 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
         ctx.msg.set_ruri(uri);
         Ok(true)
     })?;
-    reg(lua, env, EXPORTS, "append_branch", |_, _, ctx, (uri, q): (Option<StrArg>, Option<Value>)| {
-        let (uri, dst_uri) = match uri {
-            Some(StrArg(s)) => (Uri::parse(s.trim()).map_err(|e| lua_err(format!("append_branch: bad URI '{s}' ({})", e.reason)))?, None),
-            None => match ctx.msg.ruri() {
-                Some(u) => (u.clone(), ctx.dst_uri.clone()),
-                None => return Ok(false),
-            },
-        };
-        let q = match q {
-            Some(Value::Number(n)) => Some(n as f32),
-            Some(Value::Integer(i)) => Some(i as f32),
-            Some(Value::String(s)) => s.to_string_lossy().trim().parse().ok(),
-            _ => None,
-        };
-        if ctx.branches.len() >= crate::tm::MAX_BRANCHES {
-            return Ok(false);
-        }
-        ctx.branches.push(BranchTarget { uri, dst_uri, q });
-        Ok(true)
-    })?;
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "append_branch",
+        |_, _, ctx, (uri, q): (Option<StrArg>, Option<Value>)| {
+            let (uri, dst_uri) = match uri {
+                Some(StrArg(s)) => (
+                    Uri::parse(s.trim()).map_err(|e| lua_err(format!("append_branch: bad URI '{s}' ({})", e.reason)))?,
+                    None,
+                ),
+                None => match ctx.msg.ruri() {
+                    Some(u) => (u.clone(), ctx.dst_uri.clone()),
+                    None => return Ok(false),
+                },
+            };
+            let q = match q {
+                Some(Value::Number(n)) => Some(n as f32),
+                Some(Value::Integer(i)) => Some(i as f32),
+                Some(Value::String(s)) => s.to_string_lossy().trim().parse().ok(),
+                _ => None,
+            };
+            if ctx.branches.len() >= crate::tm::MAX_BRANCHES {
+                return Ok(false);
+            }
+            ctx.branches.push(BranchTarget { uri, dst_uri, q });
+            Ok(true)
+        },
+    )?;
     reg(lua, env, EXPORTS, "log", |_, _, _, (a, b): (Value, Option<Value>)| {
         // log("text") or log(level, "text") as in ser.cfg (level: SER's 1..4 or a name).
         let (level, text) = match b {

@@ -44,7 +44,12 @@ fn init_logging(debug: Option<i64>) {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
         _ => tracing_subscriber::EnvFilter::new(app::debug_filter(debug)),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -62,7 +67,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Run { script, listen, children, debug } => {
+        Cmd::Run {
+            script,
+            listen,
+            children,
+            debug,
+        } => {
             let script = script.unwrap_or_else(app::default_script);
             let header = match app::load_and_check(&script) {
                 Ok(h) => h,

@@ -20,7 +20,11 @@ fn fix_max(args: &[Option<LitArg>]) -> Result<(), String> {
         Some(Some(LitArg::Str(s))) => s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?,
         _ => return Ok(()),
     };
-    if (1..=255).contains(&v) { Ok(()) } else { Err(format!("max value {v} is outside 1..255")) }
+    if (1..=255).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("max value {v} is outside 1..255"))
+    }
 }
 
 /// SER semantics: no Max-Forwards → add one with `max`; otherwise

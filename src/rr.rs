@@ -39,7 +39,11 @@ pub fn preset_value(s: &str) -> String {
     } else {
         format!("sip:{s}")
     };
-    if uri.split(';').skip(1).any(|p| p.eq_ignore_ascii_case("lr") || p.to_ascii_lowercase().starts_with("lr=")) {
+    if uri
+        .split(';')
+        .skip(1)
+        .any(|p| p.eq_ignore_ascii_case("lr") || p.to_ascii_lowercase().starts_with("lr="))
+    {
         format!("<{uri}>")
     } else {
         format!("<{uri};lr>")

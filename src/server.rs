@@ -90,7 +90,11 @@ pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
         let ready = ready_tx.clone();
         let tcp_rx = tcp_rxs[w].take();
         // Worker 0 also accepts TCP connections and deals them out.
-        let accept = if w == 0 { listeners.take().map(|l| (l, tcp_txs.clone())) } else { None };
+        let accept = if w == 0 {
+            listeners.take().map(|l| (l, tcp_txs.clone()))
+        } else {
+            None
+        };
         let h = std::thread::Builder::new().name(format!("serlua-w{w}")).spawn(move || {
             worker_thread(w, shared, script, socks, tcp, tcp_rx, accept, shutdown, ready);
         })?;
@@ -176,7 +180,12 @@ fn worker_thread(
                 }
             }
         }
-        let io = Rc::new(Io { udp: udp_map, tcp, timer_wake: Notify::new(), timer_at: Cell::new(None) });
+        let io = Rc::new(Io {
+            udp: udp_map,
+            tcp,
+            timer_wake: Notify::new(),
+            timer_at: Cell::new(None),
+        });
         for (id, sock) in io.udp.clone() {
             tokio::task::spawn_local(udp_loop(worker.clone(), io.clone(), id, sock));
         }
@@ -240,7 +249,11 @@ async fn accept_loop(l: tokio::net::TcpListener, id: SocketId, txs: Vec<mpsc::Un
 /// and the panic is logged loudly.
 fn guarded(what: impl std::fmt::Display, f: impl FnOnce()) {
     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
         tracing::error!("internal error while handling {what}: {why}; the message was dropped");
     }
 }
@@ -325,7 +338,18 @@ async fn udp_loop(worker: WorkerRc, io: Rc<Io>, id: SocketId, sock: Rc<UdpSocket
                 Ok((len, src)) => {
                     let data = Bytes::copy_from_slice(&buf[..len]);
                     let mut w = worker.borrow_mut();
-                    guarded(src, || w.handle(Instant::now(), Incoming { local: id, proto: Proto::Udp, src, conn: None, data }));
+                    guarded(src, || {
+                        w.handle(
+                            Instant::now(),
+                            Incoming {
+                                local: id,
+                                proto: Proto::Udp,
+                                src,
+                                conn: None,
+                                data,
+                            },
+                        )
+                    });
                     flush(&worker, &mut w, &io);
                     n += 1;
                     if n % 32 == 0 {
@@ -379,7 +403,15 @@ async fn timer_loop(worker: WorkerRc, io: Rc<Io>) {
     }
 }
 
-async fn tcp_conn(worker: WorkerRc, io: Rc<Io>, stream: TcpStream, id: ConnId, local: SocketId, peer: SocketAddr, mut rx: mpsc::Receiver<Bytes>) {
+async fn tcp_conn(
+    worker: WorkerRc,
+    io: Rc<Io>,
+    stream: TcpStream,
+    id: ConnId,
+    local: SocketId,
+    peer: SocketAddr,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let writer = tokio::task::spawn_local(async move {
         while let Some(b) = rx.recv().await {
@@ -411,7 +443,13 @@ async fn tcp_conn(worker: WorkerRc, io: Rc<Io>, stream: TcpStream, id: ConnId, l
                     let frame = buf.split_to(skip + len).freeze();
                     if skip >= 4 && len == 0 {
                         // RFC 5626 §3.5.1 keep-alive: double CRLF gets a CRLF back.
-                        let _ = io.tcp.send(Transmit { local, proto: Proto::Tcp, dst: peer, conn: Some(id), data: Bytes::from_static(b"\r\n") });
+                        let _ = io.tcp.send(Transmit {
+                            local,
+                            proto: Proto::Tcp,
+                            dst: peer,
+                            conn: Some(id),
+                            data: Bytes::from_static(b"\r\n"),
+                        });
                         continue;
                     }
                     if len == 0 {
@@ -419,7 +457,18 @@ async fn tcp_conn(worker: WorkerRc, io: Rc<Io>, stream: TcpStream, id: ConnId, l
                     }
                     let data = frame.slice(skip..);
                     let mut w = worker.borrow_mut();
-                    guarded(peer, || w.handle(Instant::now(), Incoming { local, proto: Proto::Tcp, src: peer, conn: Some(id), data }));
+                    guarded(peer, || {
+                        w.handle(
+                            Instant::now(),
+                            Incoming {
+                                local,
+                                proto: Proto::Tcp,
+                                src: peer,
+                                conn: Some(id),
+                                data,
+                            },
+                        )
+                    });
                     flush(&worker, &mut w, &io);
                 }
                 Ok(None) => break,

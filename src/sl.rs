@@ -80,7 +80,12 @@ pub fn build_reply(req: &SipMessage, status: u16, reason: &str, to_tag: Option<&
 /// Where a reply to the request in `ctx` goes (RFC 3261 §18.2.2, RFC 3581).
 pub fn reply_target(ctx: &MsgCtx) -> Option<Target> {
     let dst = reply_destination(ctx.msg.top_via(), ctx.proto)?;
-    Some(Target { local: ctx.local, proto: ctx.proto, dst, conn: ctx.conn })
+    Some(Target {
+        local: ctx.local,
+        proto: ctx.proto,
+        dst,
+        conn: ctx.conn,
+    })
 }
 
 /// Sends a stateless reply to the request in `ctx`. False for ACK (which
@@ -123,10 +128,9 @@ pub fn reply_to_broken(env: &Env, p: &PartialRequest, status: u16, reason: &str,
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
-        if (name.eq_ignore_ascii_case("to") || name.eq_ignore_ascii_case("t"))
-            && !p.has_to_tag {
-                out.extend_from_slice(format!(";tag={:016x}", env.shared.secret ^ 0x5e51).as_bytes());
-            }
+        if (name.eq_ignore_ascii_case("to") || name.eq_ignore_ascii_case("t")) && !p.has_to_tag {
+            out.extend_from_slice(format!(";tag={:016x}", env.shared.secret ^ 0x5e51).as_bytes());
+        }
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
@@ -136,16 +140,22 @@ pub fn reply_to_broken(env: &Env, p: &PartialRequest, status: u16, reason: &str,
 
 /// Registers sl's primitives.
 pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
-    reg(lua, env, EXPORTS, "sl_send_reply", |_, env, ctx, (code, reason): (IntArg, StrArg)| {
-        let code = reply_code(code)?;
-        if ctx.kind == crate::script::export::RouteKind::Failure {
-            // In a failure route the transaction answers (Kamailio's t_reply).
-            ctx.failure_reply = Some((code, reason.0));
-            ctx.replied = true;
-            return Ok(true);
-        }
-        Ok(send_reply(env, ctx, code, &reason.0, &[]))
-    })?;
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "sl_send_reply",
+        |_, env, ctx, (code, reason): (IntArg, StrArg)| {
+            let code = reply_code(code)?;
+            if ctx.kind == crate::script::export::RouteKind::Failure {
+                // In a failure route the transaction answers (Kamailio's t_reply).
+                ctx.failure_reply = Some((code, reason.0));
+                ctx.replied = true;
+                return Ok(true);
+            }
+            Ok(send_reply(env, ctx, code, &reason.0, &[]))
+        },
+    )?;
     reg(lua, env, EXPORTS, "sl_reply_error", |_, env, ctx, ()| {
         let (code, reason) = ctx.last_error.clone().unwrap_or((500, "Server Internal Error".into()));
         if ctx.kind == crate::script::export::RouteKind::Failure {

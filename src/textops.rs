@@ -58,30 +58,49 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
         let r = env.regex(&line_regex(&re)).map_err(lua_err)?;
         Ok(r.is_match(&ctx.msg.to_bytes()))
     })?;
-    reg(lua, env, EXPORTS, "search_append", |_, env, ctx, (StrArg(re), StrArg(txt)): (StrArg, StrArg)| {
-        edit_text(env, ctx, &re, |text, m| {
-            let mut v = Vec::with_capacity(text.len() + txt.len());
-            v.extend_from_slice(&text[..m.end()]);
-            v.extend_from_slice(txt.as_bytes());
-            v.extend_from_slice(&text[m.end()..]);
-            v
-        })
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "search_append",
+        |_, env, ctx, (StrArg(re), StrArg(txt)): (StrArg, StrArg)| {
+            edit_text(env, ctx, &re, |text, m| {
+                let mut v = Vec::with_capacity(text.len() + txt.len());
+                v.extend_from_slice(&text[..m.end()]);
+                v.extend_from_slice(txt.as_bytes());
+                v.extend_from_slice(&text[m.end()..]);
+                v
+            })
+        },
+    )?;
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "replace",
+        |_, env, ctx, (StrArg(re), StrArg(txt)): (StrArg, StrArg)| {
+            edit_text(env, ctx, &re, |text, m| {
+                let mut v = Vec::with_capacity(text.len() + txt.len());
+                v.extend_from_slice(&text[..m.start()]);
+                v.extend_from_slice(txt.as_bytes());
+                v.extend_from_slice(&text[m.end()..]);
+                v
+            })
+        },
+    )?;
+    reg(lua, env, EXPORTS, "is_present_hf", |_, _, ctx, StrArg(name): StrArg| {
+        Ok(ctx.msg.has_header(&HeaderName::from_text(name.trim())))
     })?;
-    reg(lua, env, EXPORTS, "replace", |_, env, ctx, (StrArg(re), StrArg(txt)): (StrArg, StrArg)| {
-        edit_text(env, ctx, &re, |text, m| {
-            let mut v = Vec::with_capacity(text.len() + txt.len());
-            v.extend_from_slice(&text[..m.start()]);
-            v.extend_from_slice(txt.as_bytes());
-            v.extend_from_slice(&text[m.end()..]);
-            v
-        })
-    })?;
-    reg(lua, env, EXPORTS, "is_present_hf", |_, _, ctx, StrArg(name): StrArg| Ok(ctx.msg.has_header(&HeaderName::from_text(name.trim()))))?;
     reg(lua, env, EXPORTS, "append_hf", |lua, _, ctx, StrArg(line): StrArg| {
-        ctx.msg
-            .append_header_line(line.as_bytes())
-            .map_err(|e| lua_err(crate::script::at_caller(lua, &format!("append_hf: '{}' is not a header line ({})", line.trim_end(), e.reason))))?;
+        ctx.msg.append_header_line(line.as_bytes()).map_err(|e| {
+            lua_err(crate::script::at_caller(
+                lua,
+                &format!("append_hf: '{}' is not a header line ({})", line.trim_end(), e.reason),
+            ))
+        })?;
         Ok(true)
     })?;
-    reg(lua, env, EXPORTS, "remove_hf", |_, _, ctx, StrArg(name): StrArg| Ok(ctx.msg.remove_header(&HeaderName::from_text(name.trim())) > 0))
+    reg(lua, env, EXPORTS, "remove_hf", |_, _, ctx, StrArg(name): StrArg| {
+        Ok(ctx.msg.remove_header(&HeaderName::from_text(name.trim())) > 0)
+    })
 }

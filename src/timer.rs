@@ -40,7 +40,10 @@ pub struct TimerHeap<T> {
 
 impl<T> Default for TimerHeap<T> {
     fn default() -> Self {
-        TimerHeap { heap: BinaryHeap::new(), seq: 0 }
+        TimerHeap {
+            heap: BinaryHeap::new(),
+            seq: 0,
+        }
     }
 }
 
@@ -58,7 +61,11 @@ impl<T> TimerHeap<T> {
 
     /// Removes and returns one timer due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<T> {
-        if self.heap.peek()?.at <= now { self.heap.pop().map(|e| e.item) } else { None }
+        if self.heap.peek()?.at <= now {
+            self.heap.pop().map(|e| e.item)
+        } else {
+            None
+        }
     }
 
     /// Number of armed timers.

@@ -17,8 +17,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
-use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -222,7 +222,13 @@ pub struct TimerEvent {
 impl Table {
     /// An empty table holding at most `max` live transactions.
     pub fn new(max: usize) -> Table {
-        Table { server: DashMap::new(), by_id: DashMap::new(), next_id: AtomicU64::new(1), live: AtomicUsize::new(0), max }
+        Table {
+            server: DashMap::new(),
+            by_id: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            live: AtomicUsize::new(0),
+            max,
+        }
     }
 
     /// Live transactions.
@@ -263,7 +269,11 @@ pub fn server_key(msg: &SipMessage, method: &Method) -> String {
     let via = msg.top_via();
     match via.branch() {
         Some(b) if b.starts_with("z9hG4bK") => {
-            format!("{b}\x01{}:{}\x01{method}", via.host.text.to_ascii_lowercase(), via.port.unwrap_or(5060))
+            format!(
+                "{b}\x01{}:{}\x01{method}",
+                via.host.text.to_ascii_lowercase(),
+                via.port.unwrap_or(5060)
+            )
         }
         _ => format!(
             "{}\x01{}\x01{}\x01{}\x01{method}",
@@ -300,12 +310,21 @@ pub fn resolve_target(env: &Env, uri: &Uri, prefer: SocketId) -> Result<Target, 
         _ => uri.host.clone(),
     };
     let port = uri.port.unwrap_or(uri.default_port());
-    let dst = env.resolve(&host, port).ok_or_else(|| (478, "Unresolvable destination".to_string()))?;
+    let dst = env
+        .resolve(&host, port)
+        .ok_or_else(|| (478, "Unresolvable destination".to_string()))?;
     if env.shared.sockets.iter().any(|s| s.proto == proto && s.addr == dst) {
         return Err((482, "Loop Detected".into()));
     }
-    let sock = env.pick_socket(proto, dst, prefer).ok_or_else(|| (503, format!("Service Unavailable - no {proto} socket for {dst}")))?;
-    Ok(Target { local: sock.id, proto, dst, conn: None })
+    let sock = env
+        .pick_socket(proto, dst, prefer)
+        .ok_or_else(|| (503, format!("Service Unavailable - no {proto} socket for {dst}")))?;
+    Ok(Target {
+        local: sock.id,
+        proto,
+        dst,
+        conn: None,
+    })
 }
 
 /// The request copy for one branch: its Request-URI, a second
@@ -374,7 +393,9 @@ pub fn forward_stateless(env: &Env, ctx: &mut MsgCtx, hop: Option<(Host, Option<
     ctx.msg.ruri().map(|u| u.to_string()).hash(&mut h);
     let branch = format!("{}.s{:x}", env.shared.branch_prefix, h.finish());
     let Some(uri_now) = ctx.msg.ruri().cloned() else { return false };
-    let Some(bytes) = branch_request(env, &ctx.msg, &uri_now, &target, &branch, ctx.rr_socket) else { return false };
+    let Some(bytes) = branch_request(env, &ctx.msg, &uri_now, &target, &branch, ctx.rr_socket) else {
+        return false;
+    };
     env.send_to(&target, bytes);
     Stats::inc(&env.shared.stats.fwd_requests);
     ctx.relayed = true;
@@ -390,7 +411,9 @@ pub fn absorb(env: &Env, msg: &SipMessage) -> bool {
     match method {
         Method::Cancel => false,
         Method::Ack => {
-            let Some(cell) = env.shared.tm.lookup_server(&server_key(msg, &Method::Invite)) else { return false };
+            let Some(cell) = env.shared.tm.lookup_server(&server_key(msg, &Method::Invite)) else {
+                return false;
+            };
             let mut t = cell.lock();
             match t.uas {
                 UasState::Completed => {
@@ -406,7 +429,9 @@ pub fn absorb(env: &Env, msg: &SipMessage) -> bool {
             }
         }
         m => {
-            let Some(cell) = env.shared.tm.lookup_server(&server_key(msg, m)) else { return false };
+            let Some(cell) = env.shared.tm.lookup_server(&server_key(msg, m)) else {
+                return false;
+            };
             let t = cell.lock();
             if let Some(r) = &t.uas_reply {
                 if t.uas != UasState::Accepted {
@@ -598,7 +623,11 @@ fn add_branches(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, targets: Vec<(Uri, 
         env.arm(first_wait, timer(cell, TimerKind::Timeout, idx, 0));
         sent += 1;
     }
-    if sent > 0 { Ok(()) } else { Err(last_err.unwrap_or((500, "Server Internal Error - no destination".into()))) }
+    if sent > 0 {
+        Ok(())
+    } else {
+        Err(last_err.unwrap_or((500, "Server Internal Error - no destination".into())))
+    }
 }
 
 /// t_relay of a CANCEL (RFC 3261 §16.10): with a matching INVITE
@@ -644,7 +673,11 @@ fn cancel_branch(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, i: usize) {
             if !b.target.proto.is_reliable() {
                 env.arm(t1, timer(cell, TimerKind::CancelRetransmit, i as u16, generation));
             }
-            b.cancel = CancelState::Sent { bytes, every: t1, generation };
+            b.cancel = CancelState::Sent {
+                bytes,
+                every: t1,
+                generation,
+            };
         }
         _ => {}
     }
@@ -700,7 +733,12 @@ fn compact(t: &mut Txn) {
 }
 
 fn timer(cell: &Arc<TxnCell>, kind: TimerKind, branch: u16, generation: u32) -> TimerEvent {
-    TimerEvent { txn: Arc::downgrade(cell), kind, branch, generation }
+    TimerEvent {
+        txn: Arc::downgrade(cell),
+        kind,
+        branch,
+        generation,
+    }
 }
 
 fn arm_delete(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn) {
@@ -728,7 +766,11 @@ fn send_upstream(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, status: u16, bytes
         }
         env.arm(cfg.t1 * 64, timer(cell, TimerKind::AckTimeout, 0, 0));
     } else {
-        t.uas = if t.method == Method::Invite { UasState::Accepted } else { UasState::Done };
+        t.uas = if t.method == Method::Invite {
+            UasState::Accepted
+        } else {
+            UasState::Done
+        };
         arm_delete(env, cell, t);
     }
 }
@@ -741,7 +783,14 @@ fn reply_local(env: &Env, cell: &Arc<TxnCell>, t: &mut Txn, status: u16, reason:
     send_upstream(env, cell, t, status, m.to_bytes());
 }
 
-fn run_reply_route(env: &Env, script: &Script, t: &mut Txn, msg: SipMessage, src: std::net::SocketAddr, local: SocketId) -> (SipMessage, bool) {
+fn run_reply_route(
+    env: &Env,
+    script: &Script,
+    t: &mut Txn,
+    msg: SipMessage,
+    src: std::net::SocketAddr,
+    local: SocketId,
+) -> (SipMessage, bool) {
     let Some(key) = t.on_reply.clone() else { return (msg, false) };
     let proto = t.branches.first().map(|b| b.target.proto).unwrap_or(t.origin.proto);
     let mut ctx = MsgCtx::new(msg, src, local, proto, None, RouteKind::OnReply);
@@ -762,7 +811,9 @@ fn run_reply_route(env: &Env, script: &Script, t: &mut Txn, msg: SipMessage, src
 /// statelessly if its Via says so).
 pub fn on_reply(env: &Env, script: &Script, msg: SipMessage, src: std::net::SocketAddr, local: SocketId) -> bool {
     let Some(branch) = msg.top_via().branch() else { return false };
-    let Some((id, idx)) = parse_branch(&env.shared.branch_prefix, branch) else { return false };
+    let Some((id, idx)) = parse_branch(&env.shared.branch_prefix, branch) else {
+        return false;
+    };
     let Some(cell) = env.shared.tm.lookup_id(id) else {
         // The transaction is gone: only a 2xx to an INVITE still has to reach
         // the caller (RFC 6026); the caller forwards those statelessly.
@@ -776,7 +827,16 @@ pub fn on_reply(env: &Env, script: &Script, msg: SipMessage, src: std::net::Sock
 }
 
 #[allow(clippy::too_many_arguments)]
-fn reply_locked(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn, idx: u16, msg: SipMessage, src: std::net::SocketAddr, local: SocketId) -> bool {
+fn reply_locked(
+    env: &Env,
+    script: &Script,
+    cell: &Arc<TxnCell>,
+    t: &mut Txn,
+    idx: u16,
+    msg: SipMessage,
+    src: std::net::SocketAddr,
+    local: SocketId,
+) -> bool {
     let cell = cell.clone();
     let i = idx as usize;
     if t.deleted || i >= t.branches.len() {
@@ -837,7 +897,11 @@ fn reply_locked(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn, id
             b.retrans_gen += 1;
             b.timeout_gen += 1;
         }
-        let mut msg = if was_accepted { msg } else { run_reply_route(env, script, t, msg, src, local).0 };
+        let mut msg = if was_accepted {
+            msg
+        } else {
+            run_reply_route(env, script, t, msg, src, local).0
+        };
         msg.remove_first_value(&HeaderName::Via);
         send_upstream(env, &cell, t, status, msg.to_bytes());
         if t.method == Method::Invite && !was_accepted {
@@ -1020,7 +1084,11 @@ fn timer_locked(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn, ev
                 return;
             }
             env.send_to(&b.target, b.request.clone());
-            b.retrans_every = if is_invite { b.retrans_every * 2 } else { (b.retrans_every * 2).min(cfg.t2) };
+            b.retrans_every = if is_invite {
+                b.retrans_every * 2
+            } else {
+                (b.retrans_every * 2).min(cfg.t2)
+            };
             env.arm(b.retrans_every, timer(&cell, TimerKind::Retransmit, ev.branch, ev.generation));
         }
         TimerKind::Timeout => {
@@ -1093,8 +1161,18 @@ pub fn forward_reply_stateless(env: &Env, mut msg: SipMessage, local: SocketId) 
     let Some(dst) = reply_destination(&via, proto) else {
         return false;
     };
-    let Some(sock) = env.pick_socket(proto, dst, local) else { return false };
-    env.send_to(&Target { local: sock.id, proto, dst, conn: None }, msg.to_bytes());
+    let Some(sock) = env.pick_socket(proto, dst, local) else {
+        return false;
+    };
+    env.send_to(
+        &Target {
+            local: sock.id,
+            proto,
+            dst,
+            conn: None,
+        },
+        msg.to_bytes(),
+    );
     Stats::inc(&env.shared.stats.fwd_replies);
     true
 }
@@ -1115,7 +1193,12 @@ fn route_key(lua: &Lua, env: &Env, v: mlua::Value, kind: RouteKind, what: &str) 
         mlua::Value::Integer(i) => RouteKey::Num(i),
         mlua::Value::Number(n) if n.fract() == 0.0 => RouteKey::Num(n as i64),
         mlua::Value::String(s) => RouteKey::from_text(&s.to_string_lossy()),
-        other => return Err(lua_err(format!("{what}: route name must be a number or string, not {}", other.type_name()))),
+        other => {
+            return Err(lua_err(format!(
+                "{what}: route name must be a number or string, not {}",
+                other.type_name()
+            )));
+        }
     };
     let _ = env;
     let table: mlua::Table = lua.globals().get(kind.table())?;
@@ -1124,17 +1207,26 @@ fn route_key(lua: &Lua, env: &Env, v: mlua::Value, kind: RouteKind, what: &str) 
         RouteKey::Name(s) => !matches!(table.raw_get::<mlua::Value>(s.as_str())?, mlua::Value::Nil),
     };
     if !exists {
-        return Err(lua_err(crate::script::at_caller(lua, &format!("{what}: {}{key} is not defined", kind.table()))));
+        return Err(lua_err(crate::script::at_caller(
+            lua,
+            &format!("{what}: {}{key} is not defined", kind.table()),
+        )));
     }
     Ok(key)
 }
 
 /// Registers tm's primitives.
 pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
-    reg(lua, env, EXPORTS, "t_relay", |_, env, ctx, (h, p): (Option<StrArg>, Option<IntArg>)| {
-        let hop = parse_hop(h, p)?;
-        Ok(t_relay(env, ctx, hop))
-    })?;
+    reg(
+        lua,
+        env,
+        EXPORTS,
+        "t_relay",
+        |_, env, ctx, (h, p): (Option<StrArg>, Option<IntArg>)| {
+            let hop = parse_hop(h, p)?;
+            Ok(t_relay(env, ctx, hop))
+        },
+    )?;
     reg(lua, env, EXPORTS, "t_on_reply", |lua, env, ctx, v: mlua::Value| {
         ctx.on_reply = Some(route_key(lua, env, v, RouteKind::OnReply, "t_on_reply")?);
         Ok(true)

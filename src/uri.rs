@@ -14,5 +14,7 @@ pub const EXPORTS: &[Export] = &[Export::new("has_totag", 0, 0, RouteMask::ANY)]
 
 /// Registers uri's primitives.
 pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
-    reg(lua, env, EXPORTS, "has_totag", |_, _, ctx, ()| Ok(ctx.msg.to().tag().is_some_and(|t| !t.is_empty())))
+    reg(lua, env, EXPORTS, "has_totag", |_, _, ctx, ()| {
+        Ok(ctx.msg.to().tag().is_some_and(|t| !t.is_empty()))
+    })
 }

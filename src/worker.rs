@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::core::{Env, MsgCtx, Shared, Stats};
 use crate::script::export::RouteKind;
 use crate::script::{LoadError, RunOutcome, Script};
-use crate::sip::msg::semantic_check;
+use crate::sip::msg::{semantic_check, unsupported_proxy_require};
 use crate::sip::{HeaderName, Method, SipMessage};
 use crate::sl;
 use crate::tm;
@@ -71,7 +71,18 @@ impl Worker {
         stamp_received(&mut msg, inc.src);
         let mut ctx = MsgCtx::new(msg, inc.src, inc.local, inc.proto, inc.conn, RouteKind::Request);
         if let Err(e) = semantic_check(&ctx.msg) {
-            sl::send_reply(env, &mut ctx, e.status, &e.reason, &[]);
+            // RFC 3261 §16.3 step 5: a 420 lists what we do not support.
+            let unsupported = if e.status == 420 {
+                unsupported_proxy_require(&ctx.msg).join(", ")
+            } else {
+                String::new()
+            };
+            let extra: &[(HeaderName, &[u8])] = if unsupported.is_empty() {
+                &[]
+            } else {
+                &[(HeaderName::Unsupported, unsupported.as_bytes())]
+            };
+            sl::send_reply(env, &mut ctx, e.status, &e.reason, extra);
             return;
         }
         if inc.proto == Proto::Udp && ctx.msg.orig_len() > env.shared.cfg.max_len {

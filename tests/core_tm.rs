@@ -58,11 +58,29 @@ impl Net {
 
     fn recv(&mut self, from: &str, text: &str) {
         let data = Bytes::from(text.replace('\n', "\r\n"));
-        self.w.handle(self.now, Incoming { local: 0, proto: Proto::Udp, src: from.parse().unwrap(), conn: None, data });
+        self.w.handle(
+            self.now,
+            Incoming {
+                local: 0,
+                proto: Proto::Udp,
+                src: from.parse().unwrap(),
+                conn: None,
+                data,
+            },
+        );
     }
 
     fn recv_raw(&mut self, from: &str, data: Vec<u8>) {
-        self.w.handle(self.now, Incoming { local: 0, proto: Proto::Udp, src: from.parse().unwrap(), conn: None, data: Bytes::from(data) });
+        self.w.handle(
+            self.now,
+            Incoming {
+                local: 0,
+                proto: Proto::Udp,
+                src: from.parse().unwrap(),
+                conn: None,
+                data: Bytes::from(data),
+            },
+        );
     }
 
     fn advance(&mut self, secs: f64) {
@@ -83,7 +101,10 @@ impl Net {
         self.w
             .take_transmits()
             .into_iter()
-            .map(|t| Out { dst: t.dst, msg: SipMessage::parse(t.data).expect("the proxy sends parsable messages") })
+            .map(|t| Out {
+                dst: t.dst,
+                msg: SipMessage::parse(t.data).expect("the proxy sends parsable messages"),
+            })
             .collect()
     }
 }
@@ -119,13 +140,23 @@ fn reply_to(req: &SipMessage, status: u16, reason: &str, to_tag: Option<&str>) -
         Some(t) if req.to().tag().is_none() => s += &format!("To: {to};tag={t}\n"),
         _ => s += &format!("To: {to}\n"),
     }
-    s += &format!("Call-ID: {}\nCSeq: {}\n", req.call_id(), String::from_utf8_lossy(&req.header(&HeaderName::CSeq).unwrap()));
+    s += &format!(
+        "Call-ID: {}\nCSeq: {}\n",
+        req.call_id(),
+        String::from_utf8_lossy(&req.header(&HeaderName::CSeq).unwrap())
+    );
     s += "Contact: <sip:bob@127.0.0.1:5070>\nContent-Length: 0\n\n";
     s
 }
 
 fn only(out: Vec<Out>) -> Out {
-    assert_eq!(out.len(), 1, "expected exactly one message, got {}: {:?}", out.len(), out.iter().map(|o| first_line(&o.msg)).collect::<Vec<_>>());
+    assert_eq!(
+        out.len(),
+        1,
+        "expected exactly one message, got {}: {:?}",
+        out.len(),
+        out.iter().map(|o| first_line(&o.msg)).collect::<Vec<_>>()
+    );
     out.into_iter().next().unwrap()
 }
 
@@ -180,7 +211,11 @@ fn retransmitted_invite_is_absorbed_and_answered_with_the_last_reply() {
     assert_eq!(n.sent().len(), 2);
     n.recv(UAC, &invite("bob", "z9hG4bK-3"));
     let r = only(n.sent());
-    assert_eq!(r.msg.status(), Some(100), "a retransmission gets the 100 again, nothing goes downstream");
+    assert_eq!(
+        r.msg.status(),
+        Some(100),
+        "a retransmission gets the 100 again, nothing goes downstream"
+    );
     assert_eq!(r.dst, UAC.parse().unwrap());
 }
 
@@ -219,9 +254,15 @@ fn inv_timeout_avp_shortens_the_wait_after_ringing() {
     assert!(n.sent().iter().all(|o| o.msg.status() != Some(408)), "no timeout before 5 s");
     n.advance(0.2);
     let out = n.sent();
-    assert!(out.iter().any(|o| o.msg.status() == Some(408) && o.dst == UAC.parse().unwrap()), "408 upstream at 5 s");
+    assert!(
+        out.iter().any(|o| o.msg.status() == Some(408) && o.dst == UAC.parse().unwrap()),
+        "408 upstream at 5 s"
+    );
     // The ringing branch is cancelled downstream.
-    assert!(out.iter().any(|o| o.msg.method().map(|m| m.as_str()) == Some("CANCEL") && o.dst == UAS.parse().unwrap()));
+    assert!(
+        out.iter()
+            .any(|o| o.msg.method().map(|m| m.as_str()) == Some("CANCEL") && o.dst == UAS.parse().unwrap())
+    );
 }
 
 #[test]
@@ -233,7 +274,10 @@ fn inv_timeout_avp_bounds_a_silent_next_hop() {
     n.advance(4.9);
     assert!(n.sent().iter().all(|o| o.msg.status() != Some(408)));
     n.advance(0.2);
-    assert!(n.sent().iter().any(|o| o.msg.status() == Some(408)), "a silent hop times out at inv_timeout, not fr_timer");
+    assert!(
+        n.sent().iter().any(|o| o.msg.status() == Some(408)),
+        "a silent hop times out at inv_timeout, not fr_timer"
+    );
 }
 
 #[test]
@@ -244,28 +288,43 @@ fn cancel_is_answered_forwarded_and_487_passed_back() {
     let fwd = n.sent().remove(1).msg;
     n.recv(UAS, &reply_to(&fwd, 180, "Ringing", Some("c1")));
     n.sent();
-    let cancel = inv.replace("INVITE sip:", "CANCEL sip:").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = inv
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
     n.recv(UAC, &cancel);
     let out = n.sent();
     let ok = out.iter().find(|o| o.msg.status().is_some()).expect("200 for the CANCEL");
     assert_eq!(ok.msg.status(), Some(200));
     assert_eq!(ok.msg.cseq().method.as_str(), "CANCEL");
-    let down = out.iter().find(|o| o.msg.method().map(|m| m.as_str()) == Some("CANCEL")).expect("CANCEL downstream");
+    let down = out
+        .iter()
+        .find(|o| o.msg.method().map(|m| m.as_str()) == Some("CANCEL"))
+        .expect("CANCEL downstream");
     assert_eq!(down.dst, UAS.parse().unwrap());
-    assert_eq!(down.msg.top_via().branch(), fwd.top_via().branch(), "CANCEL has the INVITE's branch");
+    assert_eq!(
+        down.msg.top_via().branch(),
+        fwd.top_via().branch(),
+        "CANCEL has the INVITE's branch"
+    );
     assert_eq!(down.msg.ruri(), fwd.ruri());
     // The UAS answers the CANCEL and 487s the INVITE.
     n.recv(UAS, &reply_to(&down.msg, 200, "OK", Some("c1")));
     assert!(n.sent().is_empty(), "the 200 for our CANCEL is absorbed");
     n.recv(UAS, &reply_to(&fwd, 487, "Request Terminated", Some("c1")));
     let out = n.sent();
-    let ack = out.iter().find(|o| o.msg.method().map(|m| m.as_str()) == Some("ACK")).expect("hop-by-hop ACK for the 487");
+    let ack = out
+        .iter()
+        .find(|o| o.msg.method().map(|m| m.as_str()) == Some("ACK"))
+        .expect("hop-by-hop ACK for the 487");
     assert_eq!(ack.dst, UAS.parse().unwrap());
     assert_eq!(ack.msg.top_via().branch(), fwd.top_via().branch());
     let up = out.iter().find(|o| o.msg.status() == Some(487)).expect("487 upstream");
     assert_eq!(up.dst, UAC.parse().unwrap());
     // The UAC's ACK for the 487 ends the server transaction here.
-    let ack_up = inv.replace("INVITE sip:", "ACK sip:").replace("CSeq: 1 INVITE", "CSeq: 1 ACK").replace("To: <sip:bob@example.com>", "To: <sip:bob@example.com>;tag=c1");
+    let ack_up = inv
+        .replace("INVITE sip:", "ACK sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace("To: <sip:bob@example.com>", "To: <sip:bob@example.com>;tag=c1");
     n.recv(UAC, &ack_up);
     assert!(n.sent().is_empty(), "ACK for a non-2xx is absorbed hop by hop");
     n.advance(10.0);
@@ -296,8 +355,14 @@ fn failure_route_serially_forks_on_486() {
     let fwd = n.sent().remove(1).msg;
     n.recv(UAS, &reply_to(&fwd, 486, "Busy Here", Some("x1")));
     let out = n.sent();
-    assert!(out.iter().all(|o| o.msg.status() != Some(486)), "486 not sent upstream: the failure route relayed again");
-    let second = out.iter().find(|o| o.msg.method().map(|m| m.as_str()) == Some("INVITE")).expect("new branch");
+    assert!(
+        out.iter().all(|o| o.msg.status() != Some(486)),
+        "486 not sent upstream: the failure route relayed again"
+    );
+    let second = out
+        .iter()
+        .find(|o| o.msg.method().map(|m| m.as_str()) == Some("INVITE"))
+        .expect("new branch");
     assert_eq!(second.dst, "127.0.0.1:5071".parse().unwrap());
     n.recv("127.0.0.1:5071", &reply_to(&second.msg, 200, "OK", Some("y1")));
     let out = n.sent();
@@ -312,14 +377,22 @@ fn parallel_fork_takes_the_2xx_and_cancels_the_other_branch() {
     let invites: Vec<&Out> = out.iter().filter(|o| o.msg.method().is_some()).collect();
     assert_eq!(invites.len(), 2);
     let a = invites.iter().find(|o| o.dst == UAS.parse().unwrap()).unwrap().msg.clone();
-    let b = invites.iter().find(|o| o.dst == "127.0.0.1:5072".parse().unwrap()).unwrap().msg.clone();
+    let b = invites
+        .iter()
+        .find(|o| o.dst == "127.0.0.1:5072".parse().unwrap())
+        .unwrap()
+        .msg
+        .clone();
     assert_ne!(a.top_via().branch(), b.top_via().branch());
     n.recv("127.0.0.1:5072", &reply_to(&b, 180, "Ringing", Some("f2")));
     n.sent();
     n.recv(UAS, &reply_to(&a, 200, "OK", Some("f1")));
     let out = n.sent();
     assert!(out.iter().any(|o| o.msg.status() == Some(200) && o.dst == UAC.parse().unwrap()));
-    let c = out.iter().find(|o| o.msg.method().map(|m| m.as_str()) == Some("CANCEL")).expect("the ringing branch is cancelled");
+    let c = out
+        .iter()
+        .find(|o| o.msg.method().map(|m| m.as_str()) == Some("CANCEL"))
+        .expect("the ringing branch is cancelled");
     assert_eq!(c.dst, "127.0.0.1:5072".parse().unwrap());
 }
 
@@ -334,7 +407,10 @@ fn best_reply_prefers_6xx_then_lowest_class() {
     assert!(n.sent().iter().all(|o| o.msg.status().is_none()), "waits for every branch");
     n.recv("127.0.0.1:5072", &reply_to(&b, 404, "Not Found", Some("e2")));
     let out = n.sent();
-    assert!(out.iter().any(|o| o.msg.status() == Some(404) && o.dst == UAC.parse().unwrap()), "4xx beats 5xx");
+    assert!(
+        out.iter().any(|o| o.msg.status() == Some(404) && o.dst == UAC.parse().unwrap()),
+        "4xx beats 5xx"
+    );
 }
 
 #[test]
@@ -441,7 +517,10 @@ fn malformed_request_gets_400_naming_the_fault() {
     let text = String::from_utf8_lossy(&out[0].data).to_string();
     let status_line = text.lines().next().unwrap();
     assert!(status_line.starts_with("SIP/2.0 400 "), "{status_line}");
-    assert!(status_line.to_ascii_lowercase().contains("cseq"), "reason names the fault: {status_line}");
+    assert!(
+        status_line.to_ascii_lowercase().contains("cseq"),
+        "reason names the fault: {status_line}"
+    );
     assert!(text.contains("Call-ID: call-z9hG4bK-17"));
 }
 
@@ -456,7 +535,10 @@ fn bad_version_gets_505() {
 #[test]
 fn received_and_rport_are_stamped_on_the_via() {
     let mut n = Net::new(RELAY);
-    n.recv("127.0.0.2:40000", &invite("bob", "z9hG4bK-19").replace("127.0.0.1:5090;branch", "10.0.0.5:5090;rport;branch"));
+    n.recv(
+        "127.0.0.2:40000",
+        &invite("bob", "z9hG4bK-19").replace("127.0.0.1:5090;branch", "10.0.0.5:5090;rport;branch"),
+    );
     let out = n.sent();
     // The 100 goes back to the source address and port (RFC 3581).
     assert_eq!(out[0].dst, "127.0.0.2:40000".parse().unwrap());
@@ -536,6 +618,11 @@ end
     let r = only(n.sent());
     assert_eq!(r.msg.status(), Some(500));
     // The worker still routes the next message.
-    n.recv(UAC, &invite("bob", "z9hG4bK-loop2").replace("INVITE sip:", "OPTIONS sip:").replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS"));
+    n.recv(
+        UAC,
+        &invite("bob", "z9hG4bK-loop2")
+            .replace("INVITE sip:", "OPTIONS sip:")
+            .replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS"),
+    );
     assert_eq!(only(n.sent()).msg.status(), Some(200));
 }

@@ -42,14 +42,25 @@ fn expected(dir: &str, name: &str) -> Expect {
     match (dir, name) {
         // RFC 4475 §3.1.1: valid requests; §3.1.1.12/13 valid responses.
         ("rfc4475", "unreason" | "noreason") => Nothing,
-        ("rfc4475", "wsinv" | "intmeth" | "esc01" | "escnull" | "esc02" | "lwsdisp" | "longreq" | "dblreq" | "semiuri" | "transports" | "mpart01") => Routed,
+        (
+            "rfc4475",
+            "wsinv" | "intmeth" | "esc01" | "escnull" | "esc02" | "lwsdisp" | "longreq" | "dblreq" | "semiuri" | "transports" | "mpart01",
+        ) => Routed,
         // §3.1.2: invalid messages.
-        ("rfc4475", "badinv01" | "clerr" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri" | "lwsstart" | "trws" | "escruri" | "badaspec" | "baddn" | "insuf" | "multi01" | "mcl01") => Reply(400),
+        (
+            "rfc4475",
+            "badinv01" | "clerr" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri" | "lwsstart" | "trws" | "escruri" | "badaspec"
+            | "baddn" | "insuf" | "multi01" | "mcl01",
+        ) => Reply(400),
         ("rfc4475", "badvers") => Reply(505),
         // A CSeq or status code too large: nothing trustworthy to answer with.
         ("rfc4475", "scalarlg" | "bigcode" | "test") => Nothing,
         // A date or Content-Type a proxy does not interpret is not its business.
-        ("rfc4475", "baddate" | "regbadct" | "badbranch" | "invut" | "regaut01" | "cparam01" | "cparam02" | "regescrt" | "sdp01" | "inv2543" | "unksm2") => Routed,
+        (
+            "rfc4475",
+            "baddate" | "regbadct" | "badbranch" | "invut" | "regaut01" | "cparam01" | "cparam02" | "regescrt" | "sdp01" | "inv2543"
+            | "unksm2",
+        ) => Routed,
         // §3.3: application-layer semantics a proxy enforces.
         ("rfc4475", "mismatch01") => Reply(400),
         ("rfc4475", "mismatch02") => Reply(501),
@@ -69,7 +80,16 @@ fn run(dir: &str, name: &str) -> Vec<(SocketAddr, Vec<u8>)> {
     let now = Instant::now();
     let mut w = instance(Path::new("torture.lua"), Some(SCRIPT.to_string()), &Overrides::default(), now).expect("script loads");
     let src: SocketAddr = "127.0.0.1:5090".parse().unwrap();
-    w.handle(now, Incoming { local: 0, proto: Proto::Udp, src, conn: None, data: Bytes::from(bytes_of(dir, name)) });
+    w.handle(
+        now,
+        Incoming {
+            local: 0,
+            proto: Proto::Udp,
+            src,
+            conn: None,
+            data: Bytes::from(bytes_of(dir, name)),
+        },
+    );
     w.take_transmits().into_iter().map(|t| (t.dst, t.data.to_vec())).collect()
 }
 
@@ -87,12 +107,19 @@ fn check(dir: &str, name: &str) {
             let line = status_line(b);
             // RFC 3261 §18.2.2: to the source address (`received`), at the
             // Via's port (these messages ask for no rport).
-            assert_eq!(dst.ip().to_string(), "127.0.0.1", "{dir}/{name}: the reply goes to the sender's address");
+            assert_eq!(
+                dst.ip().to_string(),
+                "127.0.0.1",
+                "{dir}/{name}: the reply goes to the sender's address"
+            );
             let code = line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
             match code {
                 Some(299) => Routed,
                 Some(c) => {
-                    assert!(line.trim_end() != "SIP/2.0 400 Bad Request", "{dir}/{name}: a 400 must name the fault: {line}");
+                    assert!(
+                        line.trim_end() != "SIP/2.0 400 Bad Request",
+                        "{dir}/{name}: a 400 must name the fault: {line}"
+                    );
                     Reply(c)
                 }
                 None => panic!("{dir}/{name}: sent something that is not a reply: {line}"),
@@ -102,6 +129,13 @@ fn check(dir: &str, name: &str) {
     };
     let detail = out.first().map(|(_, b)| status_line(b)).unwrap_or_default();
     assert_eq!(got, want, "{dir}/{name}: {detail}");
+    if got == Reply(420) {
+        let text = String::from_utf8_lossy(&out[0].1).to_string();
+        assert!(
+            text.lines().any(|l| l.starts_with("Unsupported: ") && l.len() > 13),
+            "{dir}/{name}: a 420 lists the unsupported tags"
+        );
+    }
 }
 
 macro_rules! wire {

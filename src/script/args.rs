@@ -18,7 +18,10 @@ impl FromLua for IntArg {
             Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => Ok(IntArg(n as i64)),
             Value::String(s) => {
                 let t = s.to_string_lossy();
-                t.trim().parse().map(IntArg).map_err(|_| lua_err(format!("expected an integer, got \"{t}\"")))
+                t.trim()
+                    .parse()
+                    .map(IntArg)
+                    .map_err(|_| lua_err(format!("expected an integer, got \"{t}\"")))
             }
             other => Err(lua_err(format!("expected an integer, got {}", other.type_name()))),
         }
@@ -42,5 +45,9 @@ impl FromLua for StrArg {
 
 /// A reply code 100..=699 (RFC 3261 §21).
 pub fn reply_code(IntArg(c): IntArg) -> mlua::Result<u16> {
-    if (100..=699).contains(&c) { Ok(c as u16) } else { Err(lua_err(format!("reply code {c} is outside 100..699"))) }
+    if (100..=699).contains(&c) {
+        Ok(c as u16)
+    } else {
+        Err(lua_err(format!("reply code {c} is outside 100..699")))
+    }
 }

@@ -37,8 +37,8 @@ use std::fmt;
 
 use full_moon::LuaVersion;
 use full_moon::ast::{
-    Assignment, Block, Call, Expression, Field, FunctionArgs, FunctionBody, FunctionDeclaration,
-    Index, LastStmt, Parameter, Prefix, Stmt, Suffix, TableConstructor, Var,
+    Assignment, Block, Call, Expression, Field, FunctionArgs, FunctionBody, FunctionDeclaration, Index, LastStmt, Parameter, Prefix, Stmt,
+    Suffix, TableConstructor, Var,
 };
 use full_moon::node::Node;
 use full_moon::tokenizer::{Position, StringLiteralQuoteType, Symbol, TokenReference, TokenType};
@@ -64,11 +64,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
     }
 }
 
@@ -192,14 +188,9 @@ fn syntax_diagnostic(file: &str, err: &full_moon::Error) -> Diagnostic {
 
 /// The route kind whose global table is `name`.
 fn route_table_kind(name: &str) -> Option<RouteKind> {
-    [
-        RouteKind::Request,
-        RouteKind::OnReply,
-        RouteKind::Failure,
-        RouteKind::Branch,
-    ]
-    .into_iter()
-    .find(|k| k.table() == name)
+    [RouteKind::Request, RouteKind::OnReply, RouteKind::Failure, RouteKind::Branch]
+        .into_iter()
+        .find(|k| k.table() == name)
 }
 
 /// The route kind a `t_on_*` primitive arms.
@@ -213,8 +204,8 @@ fn t_on_kind(name: &str) -> Option<RouteKind> {
 }
 
 const LUA_KEYWORDS: &[&str] = &[
-    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in",
-    "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in", "local", "nil", "not", "or", "repeat",
+    "return", "then", "true", "until", "while",
 ];
 
 fn is_identifier(s: &str) -> bool {
@@ -241,25 +232,14 @@ fn lit_arg(expr: &Expression) -> Option<LitArg> {
         Expression::String(tok) => lit_string(tok).map(LitArg::Str),
         Expression::Number(tok) => lit_int(tok).map(LitArg::Int),
         Expression::Symbol(tok) => match tok.token_type() {
-            TokenType::Symbol {
-                symbol: Symbol::True,
-            } => Some(LitArg::Bool(true)),
-            TokenType::Symbol {
-                symbol: Symbol::False,
-            } => Some(LitArg::Bool(false)),
-            TokenType::Symbol {
-                symbol: Symbol::Nil,
-            } => Some(LitArg::Nil),
+            TokenType::Symbol { symbol: Symbol::True } => Some(LitArg::Bool(true)),
+            TokenType::Symbol { symbol: Symbol::False } => Some(LitArg::Bool(false)),
+            TokenType::Symbol { symbol: Symbol::Nil } => Some(LitArg::Nil),
             _ => None,
         },
         Expression::Parentheses { expression, .. } => lit_arg(expression),
         Expression::UnaryOperator { unop, expression } => {
-            let minus = matches!(
-                unop.token().token_type(),
-                TokenType::Symbol {
-                    symbol: Symbol::Minus
-                }
-            );
+            let minus = matches!(unop.token().token_type(), TokenType::Symbol { symbol: Symbol::Minus });
             match (minus, lit_arg(expression)) {
                 // Lua integers wrap: -(-9223372036854775808) is itself.
                 (true, Some(LitArg::Int(n))) => Some(LitArg::Int(n.wrapping_neg())),
@@ -273,11 +253,7 @@ fn lit_arg(expr: &Expression) -> Option<LitArg> {
 /// The decoded contents of a string literal token.
 fn lit_string(tok: &TokenReference) -> Option<String> {
     match tok.token_type() {
-        TokenType::StringLiteral {
-            literal,
-            quote_type,
-            ..
-        } => {
+        TokenType::StringLiteral { literal, quote_type, .. } => {
             if *quote_type == StringLiteralQuoteType::Brackets {
                 Some(long_string(literal))
             } else {
@@ -406,9 +382,7 @@ fn lit_int(tok: &TokenReference) -> Option<i64> {
         }
         let mut value: u64 = 0;
         for c in hex.chars() {
-            value = value
-                .wrapping_mul(16)
-                .wrapping_add(u64::from(c.to_digit(16)?));
+            value = value.wrapping_mul(16).wrapping_add(u64::from(c.to_digit(16)?));
         }
         return Some(value as i64);
     }
@@ -516,10 +490,7 @@ impl Walker<'_, '_> {
     }
 
     fn is_local(&self, name: &str) -> bool {
-        self.scopes
-            .iter()
-            .rev()
-            .any(|s| s.iter().any(|n| n == name))
+        self.scopes.iter().rev().any(|s| s.iter().any(|n| n == name))
     }
 
     fn declare(&mut self, tok: &TokenReference) {
@@ -697,18 +668,12 @@ impl Walker<'_, '_> {
             let field_kind = var.and_then(|v| self.route_target(v));
             // route = { main = function() … end, [1] = function() … end }
             let table_kind = match var {
-                Some(Var::Name(tok)) => ident(tok)
-                    .filter(|n| !self.is_local(n))
-                    .and_then(route_table_kind),
+                Some(Var::Name(tok)) => ident(tok).filter(|n| !self.is_local(n)).and_then(route_table_kind),
                 _ => None,
             };
             match e {
-                Expression::Function(f) if field_kind.is_some() => {
-                    self.function_body(f.body(), field_kind, false)
-                }
-                Expression::TableConstructor(t) if table_kind.is_some() => {
-                    self.table(t, table_kind)
-                }
+                Expression::Function(f) if field_kind.is_some() => self.function_body(f.body(), field_kind, false),
+                Expression::TableConstructor(t) if table_kind.is_some() => self.table(t, table_kind),
                 _ => self.expr(e),
             }
         }
@@ -752,12 +717,7 @@ impl Walker<'_, '_> {
 
     /// A prefix followed by indexes and calls: `f(x)`, `route[1]()`,
     /// `msg:header("Via")`, `a.b.c`. `lhs` when it is an assignment target.
-    fn chain<'s>(
-        &mut self,
-        prefix: &Prefix,
-        suffixes: impl Iterator<Item = &'s Suffix>,
-        lhs: bool,
-    ) {
+    fn chain<'s>(&mut self, prefix: &Prefix, suffixes: impl Iterator<Item = &'s Suffix>, lhs: bool) {
         let suffixes: Vec<&Suffix> = suffixes.collect();
         match prefix {
             Prefix::Expression(e) => self.expr(e),
@@ -835,10 +795,7 @@ impl Walker<'_, '_> {
         if self.collecting || (self.input.routes)(kind, key) {
             return;
         }
-        self.emit(
-            pos,
-            format!("{} is not defined{note}", route_path(kind, key)),
-        );
+        self.emit(pos, format!("{} is not defined{note}", route_path(kind, key)));
     }
 
     /// A call of the global function `name`.
@@ -865,10 +822,7 @@ impl Walker<'_, '_> {
                 return;
             }
         }
-        if self.globals.contains(name)
-            || route_table_kind(name).is_some()
-            || (self.input.is_global)(name)
-        {
+        if self.globals.contains(name) || route_table_kind(name).is_some() || (self.input.is_global)(name) {
             return;
         }
         let mut message = format!("unknown function '{name}'");
@@ -878,26 +832,16 @@ impl Walker<'_, '_> {
         self.emit(pos, message);
     }
 
-    fn check_export(
-        &mut self,
-        export: &Export,
-        pos: Position,
-        args: &[(Option<LitArg>, Position)],
-        variadic: bool,
-    ) {
+    fn check_export(&mut self, export: &Export, pos: Position, args: &[(Option<LitArg>, Position)], variadic: bool) {
         let name = export.name;
         let count = args.len();
         // With `...` or a call as last argument the count is only known at
         // run time.
-        let arity_ok = variadic
-            || (count >= usize::from(export.min_args) && count <= usize::from(export.max_args));
+        let arity_ok = variadic || (count >= usize::from(export.min_args) && count <= usize::from(export.max_args));
         if !arity_ok {
             self.emit(
                 pos,
-                format!(
-                    "{name} expects {}, got {count}",
-                    arity_text(export.min_args, export.max_args)
-                ),
+                format!("{name} expects {}, got {count}", arity_text(export.min_args, export.max_args)),
             );
         }
         if let Some(kind) = self.kind {
@@ -932,18 +876,11 @@ fn call_args(args: &FunctionArgs) -> (Vec<(Option<LitArg>, Position)>, bool) {
     let start = |n: &dyn Node| n.start_position().unwrap_or_default();
     match args {
         FunctionArgs::Parentheses { arguments, .. } => {
-            let list: Vec<(Option<LitArg>, Position)> =
-                arguments.iter().map(|e| (lit_arg(e), start(e))).collect();
+            let list: Vec<(Option<LitArg>, Position)> = arguments.iter().map(|e| (lit_arg(e), start(e))).collect();
             let variadic = arguments.iter().last().is_some_and(is_multi_value);
             (list, variadic)
         }
-        FunctionArgs::String(tok) => (
-            vec![(
-                lit_string(tok).map(LitArg::Str),
-                tok.token().start_position(),
-            )],
-            false,
-        ),
+        FunctionArgs::String(tok) => (vec![(lit_string(tok).map(LitArg::Str), tok.token().start_position())], false),
         FunctionArgs::TableConstructor(t) => (vec![(None, start(t.as_ref()))], false),
         _ => (Vec::new(), false),
     }
@@ -953,12 +890,7 @@ fn call_args(args: &FunctionArgs) -> (Vec<(Option<LitArg>, Position)>, bool) {
 fn is_multi_value(e: &Expression) -> bool {
     match e {
         Expression::FunctionCall(_) => true,
-        Expression::Symbol(tok) => matches!(
-            tok.token_type(),
-            TokenType::Symbol {
-                symbol: Symbol::Ellipsis
-            }
-        ),
+        Expression::Symbol(tok) => matches!(tok.token_type(), TokenType::Symbol { symbol: Symbol::Ellipsis }),
         _ => false,
     }
 }
@@ -970,9 +902,7 @@ mod tests {
 
     fn reply_code(args: &[Option<LitArg>]) -> Result<(), String> {
         match args.first() {
-            Some(Some(LitArg::Int(code))) if !(100..=699).contains(code) => {
-                Err(format!("reply code {code} is out of range 100-699"))
-            }
+            Some(Some(LitArg::Int(code))) if !(100..=699).contains(code) => Err(format!("reply code {code} is out of range 100-699")),
             Some(Some(LitArg::Bool(_) | LitArg::Nil)) => Err("reply code must be a number".into()),
             _ => Ok(()),
         }
@@ -980,9 +910,7 @@ mod tests {
 
     fn usrloc_table(args: &[Option<LitArg>]) -> Result<(), String> {
         match args.first() {
-            Some(Some(LitArg::Str(t))) if t != "location" && t != "aliases" => {
-                Err(format!("unknown usrloc table '{t}'"))
-            }
+            Some(Some(LitArg::Str(t))) if t != "location" && t != "aliases" => Err(format!("unknown usrloc table '{t}'")),
             _ => Ok(()),
         }
     }
@@ -1116,18 +1044,12 @@ local function helper(x) return x + 1 end
             ["unknown function 'sl_send_rply'; did you mean 'sl_send_reply'?"]
         );
         // A transposition is one edit.
-        assert_eq!(
-            messages("t_rleay()"),
-            ["unknown function 't_rleay'; did you mean 't_relay'?"]
-        );
+        assert_eq!(messages("t_rleay()"), ["unknown function 't_rleay'; did you mean 't_relay'?"]);
     }
 
     #[test]
     fn unknown_function_far_from_exports_has_no_suggestion() {
-        assert_eq!(
-            messages("completely_different()"),
-            ["unknown function 'completely_different'"]
-        );
+        assert_eq!(messages("completely_different()"), ["unknown function 'completely_different'"]);
     }
 
     #[test]
@@ -1211,10 +1133,7 @@ end
     #[test]
     fn local_assigned_function_does_not_see_itself() {
         // Unlike `local function f`, `local f = function` binds f after the body.
-        assert_eq!(
-            run("local f = function(n) return f(n) end"),
-            ["1:30: unknown function 'f'"]
-        );
+        assert_eq!(run("local f = function(n) return f(n) end"), ["1:30: unknown function 'f'"]);
     }
 
     #[test]
@@ -1242,10 +1161,7 @@ end
 
     #[test]
     fn for_iterator_expression_is_outside_the_loop_scope() {
-        assert_eq!(
-            run("for f in f() do f() end"),
-            ["1:10: unknown function 'f'"]
-        );
+        assert_eq!(run("for f in f() do f() end"), ["1:10: unknown function 'f'"]);
     }
 
     #[test]
@@ -1263,10 +1179,7 @@ end
     #[test]
     fn while_and_if_blocks_open_scopes() {
         let src = "while true do local a = print; a() break end\nif x then local b = print; b() else b() end\na()";
-        assert_eq!(
-            run(src),
-            ["2:37: unknown function 'b'", "3:1: unknown function 'a'"]
-        );
+        assert_eq!(run(src), ["2:37: unknown function 'b'", "3:1: unknown function 'a'"]);
     }
 
     #[test]
@@ -1298,40 +1211,22 @@ inner()
 
     #[test]
     fn too_many_arguments() {
-        assert_eq!(
-            messages("record_route(1)"),
-            ["record_route expects no arguments, got 1"]
-        );
-        assert_eq!(
-            messages("save('location', 0, 1)"),
-            ["save expects 1 or 2 arguments, got 3"]
-        );
-        assert_eq!(
-            messages("t_relay(1, 2, 3)"),
-            ["t_relay expects 0 to 2 arguments, got 3"]
-        );
+        assert_eq!(messages("record_route(1)"), ["record_route expects no arguments, got 1"]);
+        assert_eq!(messages("save('location', 0, 1)"), ["save expects 1 or 2 arguments, got 3"]);
+        assert_eq!(messages("t_relay(1, 2, 3)"), ["t_relay expects 0 to 2 arguments, got 3"]);
         assert_eq!(messages("lookup()"), ["lookup expects 1 argument, got 0"]);
-        assert_eq!(
-            messages("append_hf()"),
-            ["append_hf expects at least 1 argument, got 0"]
-        );
+        assert_eq!(messages("append_hf()"), ["append_hf expects at least 1 argument, got 0"]);
     }
 
     #[test]
     fn correct_arity_is_accepted() {
-        assert!(
-            run("save('location') save('location', 1) t_relay() append_hf('a', 'b', 'c')")
-                .is_empty()
-        );
+        assert!(run("save('location') save('location', 1) t_relay() append_hf('a', 'b', 'c')").is_empty());
     }
 
     #[test]
     fn string_and_table_call_syntax_count_one_argument() {
         assert!(run("lookup 'location'  lookup { }").is_empty());
-        assert_eq!(
-            messages("sl_send_reply '404'"),
-            ["sl_send_reply expects 2 arguments, got 1"]
-        );
+        assert_eq!(messages("sl_send_reply '404'"), ["sl_send_reply expects 2 arguments, got 1"]);
     }
 
     #[test]
@@ -1362,21 +1257,13 @@ inner()
             messages("sl_send_reply(-1, 'x')"),
             ["sl_send_reply: reply code -1 is out of range 100-699"]
         );
-        assert_eq!(
-            messages("lookup('locaton')"),
-            ["lookup: unknown usrloc table 'locaton'"]
-        );
-        assert_eq!(
-            messages("sl_send_reply(nil, 'x')"),
-            ["sl_send_reply: reply code must be a number"]
-        );
+        assert_eq!(messages("lookup('locaton')"), ["lookup: unknown usrloc table 'locaton'"]);
+        assert_eq!(messages("sl_send_reply(nil, 'x')"), ["sl_send_reply: reply code must be a number"]);
     }
 
     #[test]
     fn fixup_sees_unknown_values_as_none() {
-        assert!(
-            run("local c = 999\nsl_send_reply(c, 'x') sl_send_reply(c + 1, msg.method)").is_empty()
-        );
+        assert!(run("local c = 999\nsl_send_reply(c, 'x') sl_send_reply(c + 1, msg.method)").is_empty());
     }
 
     #[test]
@@ -1397,10 +1284,7 @@ inner()
 
     #[test]
     fn fixup_is_not_run_when_arity_is_wrong() {
-        assert_eq!(
-            messages("sl_send_reply(999)"),
-            ["sl_send_reply expects 2 arguments, got 1"]
-        );
+        assert_eq!(messages("sl_send_reply(999)"), ["sl_send_reply expects 2 arguments, got 1"]);
     }
 
     // --- 4. route kinds --------------------------------------------------
@@ -1558,8 +1442,7 @@ local f = failure_route[2]
 
     #[test]
     fn syntax_check_accepts_lua54() {
-        let src =
-            "local x <const> = 1 // 2\nlocal y <close> = nil\ngoto done\n::done::\nreturn x & 3";
+        let src = "local x <const> = 1 // 2\nlocal y <close> = nil\ngoto done\n::done::\nreturn x & 3";
         assert_eq!(syntax_check("s.lua", src), Ok(()));
         assert_eq!(syntax_check("s.lua", EXAMPLE), Ok(()));
     }
@@ -1582,10 +1465,7 @@ local f = failure_route[2]
 
     #[test]
     fn unescape_decodes_lua_escapes() {
-        assert_eq!(
-            unescape(r#"a\tb\\c\"d\'e"#).as_deref(),
-            Some("a\tb\\c\"d'e")
-        );
+        assert_eq!(unescape(r#"a\tb\\c\"d\'e"#).as_deref(), Some("a\tb\\c\"d'e"));
         assert_eq!(unescape(r"\65\066\x43\u{44}").as_deref(), Some("ABCD"));
         assert_eq!(unescape("a\\z  \n  b").as_deref(), Some("ab"));
         assert_eq!(unescape("a\\\nb").as_deref(), Some("a\nb"));
@@ -1603,10 +1483,7 @@ local f = failure_route[2]
     #[test]
     fn call_key_maps_digit_strings_to_numbers() {
         assert_eq!(call_key(&LitArg::Str("1".into())), Some(RouteKey::Num(1)));
-        assert_eq!(
-            call_key(&LitArg::Str("pstn".into())),
-            Some(RouteKey::Name("pstn".into()))
-        );
+        assert_eq!(call_key(&LitArg::Str("pstn".into())), Some(RouteKey::Name("pstn".into())));
         assert_eq!(call_key(&LitArg::Int(4)), Some(RouteKey::Num(4)));
         assert_eq!(call_key(&LitArg::Nil), None);
     }
@@ -1614,18 +1491,9 @@ local f = failure_route[2]
     #[test]
     fn route_key_path() {
         let path = |kind, key: RouteKey| route_path(kind, &key);
-        assert_eq!(
-            path(RouteKind::OnReply, RouteKey::Num(3)),
-            "onreply_route[3]"
-        );
-        assert_eq!(
-            path(RouteKind::Request, RouteKey::Name("pstn".into())),
-            "route.pstn"
-        );
-        assert_eq!(
-            path(RouteKind::Request, RouteKey::Name("end".into())),
-            "route[\"end\"]"
-        );
+        assert_eq!(path(RouteKind::OnReply, RouteKey::Num(3)), "onreply_route[3]");
+        assert_eq!(path(RouteKind::Request, RouteKey::Name("pstn".into())), "route.pstn");
+        assert_eq!(path(RouteKind::Request, RouteKey::Name("end".into())), "route[\"end\"]");
     }
 
     #[test]

@@ -105,12 +105,21 @@ pub struct Export {
 impl Export {
     /// An export with no fixup.
     pub const fn new(name: &'static str, min_args: u8, max_args: u8, routes: RouteMask) -> Export {
-        Export { name, min_args, max_args, routes, fixup: None }
+        Export {
+            name,
+            min_args,
+            max_args,
+            routes,
+            fixup: None,
+        }
     }
 
     /// The same export with a fixup.
     pub const fn with_fixup(self, fixup: Fixup) -> Export {
-        Export { fixup: Some(fixup), ..self }
+        Export {
+            fixup: Some(fixup),
+            ..self
+        }
     }
 }
 

@@ -12,9 +12,9 @@ pub mod export;
 pub mod msgobj;
 
 use std::cell::{Cell, RefCell};
-use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua, Table, Value};
 
@@ -157,13 +157,15 @@ impl Script {
         let guard = started.clone();
         // Checked every few million instructions: cheap, and a runaway route
         // is stopped within a fraction of a second past the limit.
-        lua.set_hook(mlua::HookTriggers::new().every_nth_instruction(4_000_000), move |_, _| match guard.get() {
-            Some(t) if t.elapsed() > ROUTE_TIME_LIMIT * 5 || (t.elapsed() > ROUTE_TIME_LIMIT && guard_in_route()) => Err(lua_err(format!(
-                "stopped after running for more than {} s (an endless loop?)",
-                t.elapsed().as_secs()
-            ))),
-            _ => Ok(mlua::VmState::Continue),
-        })
+        lua.set_hook(
+            mlua::HookTriggers::new().every_nth_instruction(4_000_000),
+            move |_, _| match guard.get() {
+                Some(t) if t.elapsed() > ROUTE_TIME_LIMIT * 5 || (t.elapsed() > ROUTE_TIME_LIMIT && guard_in_route()) => Err(lua_err(
+                    format!("stopped after running for more than {} s (an endless loop?)", t.elapsed().as_secs()),
+                )),
+                _ => Ok(mlua::VmState::Continue),
+            },
+        )
         .map_err(|e| LoadError(clean_lua_error(&e)))?;
         let le = |e: mlua::Error| LoadError(clean_lua_error(&e));
         let params = Rc::new(RefCell::new(ModParams::default()));
@@ -171,12 +173,32 @@ impl Script {
         lua.load(source.as_str()).set_name(format!("@{name}")).exec().map_err(le)?;
         let main = match tables[0].raw_get::<Value>("main").map_err(le)? {
             Value::Function(f) => f,
-            Value::Nil => return Err(LoadError(format!("{name}: route.main is not defined (the script needs `function route.main() … end`)"))),
-            other => return Err(LoadError(format!("{name}: route.main must be a function, not a {}", other.type_name()))),
+            Value::Nil => {
+                return Err(LoadError(format!(
+                    "{name}: route.main is not defined (the script needs `function route.main() … end`)"
+                )));
+            }
+            other => {
+                return Err(LoadError(format!(
+                    "{name}: route.main must be a function, not a {}",
+                    other.type_name()
+                )));
+            }
         };
         let header = read_header(&lua, &name, params.borrow().clone())?;
         started.set(None);
-        Ok((Script { lua, env, path: path.to_path_buf(), source, main, tables, started }, header))
+        Ok((
+            Script {
+                lua,
+                env,
+                path: path.to_path_buf(),
+                source,
+                main,
+                tables,
+                started,
+            },
+            header,
+        ))
     }
 
     /// Runs the static check (unknown primitives, arity, route kinds,
@@ -187,7 +209,13 @@ impl Script {
         let is_global = |name: &str| !matches!(globals.raw_get::<Value>(name), Ok(Value::Nil) | Err(_));
         let routes = |kind: RouteKind, key: &RouteKey| self.has_route(kind, key);
         let file = self.path.display().to_string();
-        let input = check::CheckInput { file: &file, source: &self.source, exports: &exports, is_global: &is_global, routes: &routes };
+        let input = check::CheckInput {
+            file: &file,
+            source: &self.source,
+            exports: &exports,
+            is_global: &is_global,
+            routes: &routes,
+        };
         check::check(&input)
     }
 
@@ -309,9 +337,16 @@ fn install_globals(lua: &Lua, env: &Rc<Env>, params: Rc<RefCell<ModParams>>) -> 
             Value::Number(n) if n.fract() == 0.0 => ParamValue::Int(n as i64),
             Value::String(s) => ParamValue::Str(s.to_str()?.to_string()),
             Value::Boolean(b) => ParamValue::Int(b as i64),
-            other => return Err(lua_err(at_caller(lua, &format!("modparam value must be a number or a string, not {}", other.type_name())))),
+            other => {
+                return Err(lua_err(at_caller(
+                    lua,
+                    &format!("modparam value must be a number or a string, not {}", other.type_name()),
+                )));
+            }
         };
-        p.borrow_mut().set(&module, &name, v).map_err(|e| lua_err(at_caller(lua, &e.to_string())))
+        p.borrow_mut()
+            .set(&module, &name, v)
+            .map_err(|e| lua_err(at_caller(lua, &e.to_string())))
     })?;
     g.set("modparam", modparam)?;
 
@@ -362,7 +397,12 @@ fn read_header(lua: &Lua, name: &str, params: ModParams) -> Result<Header, LoadE
             Ok(Value::Nil) => Ok(None),
             Ok(Value::Integer(i)) => Ok(Some(i)),
             Ok(Value::Number(n)) if n.fract() == 0.0 => Ok(Some(n as i64)),
-            Ok(Value::String(s)) => s.to_string_lossy().trim().parse().map(Some).map_err(|_| bad(key, "must be an integer")),
+            Ok(Value::String(s)) => s
+                .to_string_lossy()
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| bad(key, "must be an integer")),
             _ => Err(bad(key, "must be an integer")),
         }
     };

@@ -67,7 +67,9 @@ pub fn install(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
                     ctx.dst_uri = Some(uri);
                     Ok(())
                 }
-                other => Err(lua_err(format!("msg.{other} cannot be assigned (only msg.ruri and msg.dst_uri can)"))),
+                other => Err(lua_err(format!(
+                    "msg.{other} cannot be assigned (only msg.ruri and msg.dst_uri can)"
+                ))),
             })
         })?,
     )?;

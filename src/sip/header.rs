@@ -610,6 +610,9 @@ impl NameAddr {
         let uri = Uri::parse(uri_text).map_err(|e| bad(&e.reason))?;
         let (i, params) = Params::parse_many(i).map_err(|_| bad("parameters"))?;
         let (i, _) = sws(i).map_err(|_| bad("syntax"))?;
+        // One dangling `;` after the last parameter is accepted: deployed
+        // phones send `From: <sip:a@b>;tag=1;`, and nothing is ambiguous.
+        let i = i.strip_prefix(';').map(str::trim).unwrap_or(i);
         if !i.is_empty() {
             return Err(bad("unexpected text after the address"));
         }

@@ -20,7 +20,7 @@ use super::uri::{Scheme, Uri};
 /// §3.3). `status` is 400 (malformed) or 505 (unsupported SIP version);
 /// `reason` names the fault and is used as the reply's reason phrase, e.g.
 /// `Bad Request - malformed CSeq`. [`semantic_check`] also uses this type
-/// for the 416/420/483/501 answers a proxy gives before routing.
+/// for the 416/420/501 answers a proxy gives before routing.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{status} {reason}")]
 pub struct ParseError {
@@ -859,9 +859,10 @@ fn reject(status: u16, reason: &str) -> ParseError {
 ///   that section prefers at proxies.
 /// - Request-URI scheme other than sip, sips or tel (RFC 3261 §16.3 step
 ///   2; RFC 4475 §3.3.2 `unkscm`, §3.3.3 `novelsc`): 416.
-/// - Max-Forwards of 0 (RFC 3261 §16.3 step 3; RFC 4475 §3.3.11 `zeromf`):
-///   483. A Max-Forwards above 255 passes (RFC 4475 §3.1.2.4 lets the
-///   proxy treat it as absent).
+/// - Max-Forwards is not checked here: the script's
+///   `mf_process_maxfwd_header` answers 483 (RFC 4475 §3.3.11 `zeromf`), as
+///   ser.cfg's sanity section does, and tm refuses to forward a request
+///   whose Max-Forwards is 0 (RFC 3261 §16.3 step 2).
 /// - Proxy-Require with an option tag not in [`PROXY_SUPPORTED`] (RFC 3261
 ///   §16.3 step 5; RFC 4475 §3.3.5 `bext01`): 420 "Bad Extension"; the
 ///   reply lists [`unsupported_proxy_require`] in `Unsupported`.
@@ -882,9 +883,6 @@ pub fn semantic_check(msg: &SipMessage) -> Result<(), ParseError> {
     }
     if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel) {
         return Err(reject(416, "Unsupported URI Scheme"));
-    }
-    if msg.max_forwards() == Some(0) {
-        return Err(reject(483, "Too Many Hops"));
     }
     if !unsupported_proxy_require(msg).is_empty() {
         return Err(reject(420, "Bad Extension"));

@@ -53,7 +53,13 @@ pub enum SendOutcome {
 impl TcpManager {
     /// An empty manager.
     pub fn new(max_msg: usize, idle: Duration) -> Arc<TcpManager> {
-        Arc::new(TcpManager { conns: DashMap::new(), by_peer: DashMap::new(), next_id: AtomicU64::new(1), max_msg, idle })
+        Arc::new(TcpManager {
+            conns: DashMap::new(),
+            by_peer: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            max_msg,
+            idle,
+        })
     }
 
     /// Registers a connection (accepted or being opened) and returns its id

@@ -39,7 +39,13 @@ fn force_recv_buffer(s: &Socket, bytes: usize) {
     let v = bytes as libc::c_int;
     // SAFETY: setsockopt reads an int from a valid pointer of that size.
     let rc = unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
     if rc != 0 {
         let _ = s.set_recv_buffer_size(bytes);
