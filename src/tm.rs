@@ -801,7 +801,7 @@ fn run_reply_route(
     t.avps = ctx.avps;
     if let RunOutcome::Error(e) = outcome {
         Stats::inc(&env.shared.stats.script_errors);
-        tracing::error!("onreply_route{key} failed: {e}");
+        tracing::error!(call_id = %ctx.msg.call_id(), status = ctx.msg.status().unwrap_or(0), "onreply_route{key} failed: {e}");
     }
     (ctx.msg, ctx.dropped)
 }
@@ -1003,7 +1003,7 @@ fn check_complete(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn) 
             t.on_failure = ctx.on_failure.clone();
             if let RunOutcome::Error(e) = outcome {
                 Stats::inc(&env.shared.stats.script_errors);
-                tracing::error!("failure_route{route} failed: {e}");
+                tracing::error!(call_id = %ctx.msg.call_id(), "failure_route{route} failed: {e}");
             }
             if let Some((code, reason)) = ctx.failure_reply.take() {
                 reply_local(env, cell, t, code, &reason);

@@ -66,7 +66,7 @@ impl Worker {
     fn on_request(&mut self, mut msg: SipMessage, inc: Incoming) {
         let env = &*self.env;
         Stats::inc(&env.shared.stats.rcv_requests);
-        let span = tracing::debug_span!("req", call_id = %msg.call_id(), method = %msg.cseq().method, src = %inc.src);
+        let span = tracing::info_span!("req", call_id = %msg.call_id(), method = %msg.cseq().method, src = %inc.src);
         let _enter = span.enter();
         stamp_received(&mut msg, inc.src);
         let mut ctx = MsgCtx::new(msg, inc.src, inc.local, inc.proto, inc.conn, RouteKind::Request);
@@ -114,7 +114,7 @@ impl Worker {
     fn on_response(&mut self, msg: SipMessage, inc: Incoming) {
         let env = &*self.env;
         Stats::inc(&env.shared.stats.rcv_replies);
-        let span = tracing::debug_span!("rpl", call_id = %msg.call_id(), status = msg.status().unwrap_or(0), src = %inc.src);
+        let span = tracing::info_span!("rpl", call_id = %msg.call_id(), status = msg.status().unwrap_or(0), src = %inc.src);
         let _enter = span.enter();
         if tm::on_reply(env, &self.script, msg.clone(), inc.src, inc.local) {
             return;
