@@ -272,24 +272,17 @@ pub struct TmConfig {
 
 impl TmConfig {
     fn from_params(p: &ModParams) -> Result<TmConfig, ConfigError> {
-        let secs = |name: &str, default: i64| -> Result<Duration, ConfigError> {
+        let positive = |name: &str, default: i64, unit: &str, to: fn(u64) -> Duration| -> Result<Duration, ConfigError> {
             let v = p.int("tm", name, default);
             if v <= 0 {
                 return Err(ConfigError::Param(format!(
-                    "modparam tm.{name} must be a positive number of seconds, got {v}"
+                    "modparam tm.{name} must be a positive number of {unit}, got {v}"
                 )));
             }
-            Ok(Duration::from_secs(v as u64))
+            Ok(to(v as u64))
         };
-        let millis = |name: &str, default: i64| -> Result<Duration, ConfigError> {
-            let v = p.int("tm", name, default);
-            if v <= 0 {
-                return Err(ConfigError::Param(format!(
-                    "modparam tm.{name} must be a positive number of milliseconds, got {v}"
-                )));
-            }
-            Ok(Duration::from_millis(v as u64))
-        };
+        let secs = |name: &str, default: i64| positive(name, default, "seconds", Duration::from_secs);
+        let millis = |name: &str, default: i64| positive(name, default, "milliseconds", Duration::from_millis);
         Ok(TmConfig {
             fr_timer: secs("fr_timer", 30)?,
             fr_inv_timer: secs("fr_inv_timer", 120)?,

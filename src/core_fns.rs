@@ -10,7 +10,7 @@ use mlua::{Lua, Value};
 
 use crate::core::{BranchTarget, Env, MsgCtx, lua_err};
 use crate::script::args::{IntArg, StrArg};
-use crate::script::export::{Export, LitArg, RouteMask};
+use crate::script::export::{Export, LitArg, RouteMask, check_int_arg};
 use crate::script::register as reg;
 use crate::script::{ScriptExit, at_caller};
 use crate::sip::{Host, Uri};
@@ -38,16 +38,7 @@ pub const EXPORTS: &[Export] = &[
 ];
 
 fn fix_flag(args: &[Option<LitArg>]) -> Result<(), String> {
-    let v = match args.first() {
-        Some(Some(LitArg::Int(i))) => *i,
-        Some(Some(LitArg::Str(s))) => s.trim().parse().map_err(|_| format!("flag '{s}' is not a number"))?,
-        _ => return Ok(()),
-    };
-    if (0..=31).contains(&v) {
-        Ok(())
-    } else {
-        Err(format!("flag {v} is outside 0..31"))
-    }
+    check_int_arg(args, "flag", 0..=31)
 }
 
 fn fix_match(args: &[Option<LitArg>]) -> Result<(), String> {

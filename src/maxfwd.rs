@@ -7,7 +7,7 @@ use mlua::Lua;
 
 use crate::core::{Env, MsgCtx};
 use crate::script::args::IntArg;
-use crate::script::export::{Export, LitArg, RouteMask};
+use crate::script::export::{Export, LitArg, RouteMask, check_int_arg};
 use crate::script::register as reg;
 use crate::sip::HeaderName;
 
@@ -15,16 +15,7 @@ use crate::sip::HeaderName;
 pub const EXPORTS: &[Export] = &[Export::new("mf_process_maxfwd_header", 1, 1, RouteMask::REQUEST).with_fixup(fix_max)];
 
 fn fix_max(args: &[Option<LitArg>]) -> Result<(), String> {
-    let v = match args.first() {
-        Some(Some(LitArg::Int(i))) => *i,
-        Some(Some(LitArg::Str(s))) => s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?,
-        _ => return Ok(()),
-    };
-    if (1..=255).contains(&v) {
-        Ok(())
-    } else {
-        Err(format!("max value {v} is outside 1..255"))
-    }
+    check_int_arg(args, "max value", 1..=255)
 }
 
 /// SER semantics: no Max-Forwards → add one with `max`; otherwise

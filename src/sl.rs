@@ -9,7 +9,7 @@ use mlua::Lua;
 
 use crate::core::{Env, MsgCtx, Stats};
 use crate::script::args::{IntArg, StrArg, reply_code};
-use crate::script::export::{Export, LitArg, RouteMask};
+use crate::script::export::{Export, LitArg, RouteMask, check_int_arg};
 use crate::script::register as reg;
 use crate::sip::{HeaderName, Method, PartialRequest, SipMessage};
 use crate::transport::{Target, reply_destination};
@@ -21,15 +21,7 @@ pub const EXPORTS: &[Export] = &[
 ];
 
 fn fix_reply(args: &[Option<LitArg>]) -> Result<(), String> {
-    let code = match args.first() {
-        Some(Some(LitArg::Int(i))) => Some(*i),
-        Some(Some(LitArg::Str(s))) => Some(s.trim().parse::<i64>().map_err(|_| format!("reply code '{s}' is not a number"))?),
-        _ => None,
-    };
-    match code {
-        Some(c) if !(100..=699).contains(&c) => Err(format!("reply code {c} is outside 100..699")),
-        _ => Ok(()),
-    }
+    check_int_arg(args, "reply code", 100..=699)
 }
 
 /// A To-tag for replies this proxy generates: the same for every

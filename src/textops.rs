@@ -38,11 +38,18 @@ pub fn fix_regex(args: &[Option<LitArg>]) -> Result<(), String> {
     Ok(())
 }
 
-fn edit_text(env: &Env, ctx: &mut MsgCtx, re: &str, f: impl FnOnce(&[u8], regex::bytes::Match<'_>) -> Vec<u8>) -> mlua::Result<bool> {
+/// Inserts `txt` at the first match of `re` in the whole message: after
+/// it (`search_append`) or in its place (`replace`). The message is
+/// re-parsed; an edit that would break it is refused.
+fn splice(env: &Env, ctx: &mut MsgCtx, re: &str, txt: &str, replace: bool) -> mlua::Result<bool> {
     let r = env.regex(&line_regex(re)).map_err(lua_err)?;
     let text = ctx.msg.to_bytes();
     let Some(m) = r.find(&text) else { return Ok(false) };
-    let new = f(&text, m);
+    let cut = if replace { m.start() } else { m.end() };
+    let mut new = Vec::with_capacity(text.len() + txt.len());
+    new.extend_from_slice(&text[..cut]);
+    new.extend_from_slice(txt.as_bytes());
+    new.extend_from_slice(&text[m.end()..]);
     match ctx.msg.replace_text(Bytes::from(new)) {
         Ok(()) => Ok(true),
         Err(e) => {
@@ -63,30 +70,14 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
         env,
         EXPORTS,
         "search_append",
-        |_, env, ctx, (StrArg(re), StrArg(txt)): (StrArg, StrArg)| {
-            edit_text(env, ctx, &re, |text, m| {
-                let mut v = Vec::with_capacity(text.len() + txt.len());
-                v.extend_from_slice(&text[..m.end()]);
-                v.extend_from_slice(txt.as_bytes());
-                v.extend_from_slice(&text[m.end()..]);
-                v
-            })
-        },
+        |_, env, ctx, (StrArg(re), StrArg(txt)): (StrArg, StrArg)| splice(env, ctx, &re, &txt, false),
     )?;
     reg(
         lua,
         env,
         EXPORTS,
         "replace",
-        |_, env, ctx, (StrArg(re), StrArg(txt)): (StrArg, StrArg)| {
-            edit_text(env, ctx, &re, |text, m| {
-                let mut v = Vec::with_capacity(text.len() + txt.len());
-                v.extend_from_slice(&text[..m.start()]);
-                v.extend_from_slice(txt.as_bytes());
-                v.extend_from_slice(&text[m.end()..]);
-                v
-            })
-        },
+        |_, env, ctx, (StrArg(re), StrArg(txt)): (StrArg, StrArg)| splice(env, ctx, &re, &txt, true),
     )?;
     reg(lua, env, EXPORTS, "is_present_hf", |_, _, ctx, StrArg(name): StrArg| {
         Ok(ctx.msg.has_header(&HeaderName::from_text(name.trim())))

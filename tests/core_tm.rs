@@ -626,3 +626,31 @@ end
     );
     assert_eq!(only(n.sent()).msg.status(), Some(200));
 }
+
+#[test]
+fn replace_and_search_append_edit_the_text() {
+    let script = r#"
+listen = "udp:127.0.0.1:5060"
+function route.main()
+  if not replace("^Contact: <sip:alice@[^>]*>", "Contact: <sip:alice@192.0.2.7:5090>") then sl_send_reply(500, "no match"); return end
+  search_append("^Call-ID: [^\r]*", "-x")
+  if replace("^From: (", "broken") then sl_send_reply(500, "bad regex accepted"); return end
+  rewritehostport("127.0.0.1:5070")
+  t_relay()
+end
+"#;
+    let result = std::panic::catch_unwind(|| Net::new(script));
+    assert!(result.is_err(), "a regex that does not compile is refused at load time");
+    let script = script.replace(
+        r#"  if replace("^From: (", "broken") then sl_send_reply(500, "bad regex accepted"); return end
+"#,
+        "",
+    );
+    let mut n = Net::new(&script);
+    n.recv(UAC, &invite("bob", "z9hG4bK-22"));
+    let out = n.sent();
+    assert_eq!(out.len(), 2, "100 and the forwarded INVITE");
+    let fwd = &out[1].msg;
+    assert_eq!(&*fwd.header(&HeaderName::Contact).unwrap(), b"<sip:alice@192.0.2.7:5090>");
+    assert_eq!(fwd.call_id(), "call-z9hG4bK-22-x");
+}

@@ -152,3 +152,19 @@ impl std::fmt::Display for RouteKey {
         }
     }
 }
+
+/// Fixup helper: checks that the first argument, when it is a literal
+/// (`6` or `"6"`, as ser.cfg writes numbers in strings), is an integer in
+/// `range`; `what` names it in the message ("flag", "reply code").
+pub fn check_int_arg(args: &[Option<LitArg>], what: &str, range: std::ops::RangeInclusive<i64>) -> Result<(), String> {
+    let v = match args.first() {
+        Some(Some(LitArg::Int(i))) => *i,
+        Some(Some(LitArg::Str(s))) => s.trim().parse().map_err(|_| format!("{what} '{s}' is not a number"))?,
+        _ => return Ok(()),
+    };
+    if range.contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{what} {v} is outside {}..{}", range.start(), range.end()))
+    }
+}

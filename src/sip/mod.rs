@@ -14,6 +14,7 @@ pub mod header;
 pub mod method;
 pub mod msg;
 pub mod parse;
+pub mod selfcheck;
 pub mod uri;
 
 pub use header::{CSeq, HeaderName, NameAddr, Params, Via};

@@ -569,14 +569,8 @@ impl SipMessage {
     pub fn append_header_line(&mut self, line: &[u8]) -> Result<(), ParseError> {
         let bad = || ParseError::bad("malformed header line");
         let line = line.strip_suffix(b"\r\n").unwrap_or(line);
-        let mut k = 0;
-        while let Some(i) = memchr::memchr2(b'\r', b'\n', &line[k..]) {
-            let p = k + i;
-            if line[p] == b'\r' && line.get(p + 1) == Some(&b'\n') && matches!(line.get(p + 2), Some(b' ' | b'\t')) {
-                k = p + 2;
-            } else {
-                return Err(bad());
-            }
+        if super::parse::has_bare_cr_lf(line) {
+            return Err(bad());
         }
         let colon = memchr::memchr(b':', line).ok_or_else(bad)?;
         let name = line[..colon].trim_ascii_end();

@@ -443,7 +443,7 @@ fn parse_status_line(line: &[u8]) -> Result<StartLine, Fail> {
 
 /// True when `line` holds a CR or LF that is not part of a fold
 /// (CRLF followed by SP/HTAB).
-fn has_bare_cr_lf(line: &[u8]) -> bool {
+pub(crate) fn has_bare_cr_lf(line: &[u8]) -> bool {
     let mut k = 0;
     while let Some(i) = memchr::memchr2(b'\r', b'\n', &line[k..]) {
         let p = k + i;
