@@ -727,7 +727,11 @@ fn compact(t: &mut Txn) {
     }
     t.request = None;
     for b in &mut t.branches {
-        b.request = Bytes::new();
+        // An INVITE branch that timed out keeps its request: a late final
+        // reply from it still gets an ACK built from it.
+        if !(t.method == Method::Invite && b.state == BranchState::Completed && b.ack.is_none()) {
+            b.request = Bytes::new();
+        }
         b.reply = None;
     }
 }
@@ -917,9 +921,15 @@ fn reply_locked(
     // A final negative reply.
     match t.branches[i].state {
         BranchState::Completed => {
-            // Retransmitted final reply: our ACK got lost (timer D).
-            if let Some(ack) = &t.branches[i].ack {
-                env.send_to(&t.branches[i].target, ack.clone());
+            let b = &mut t.branches[i];
+            // A branch we gave up on (timeout) answers late: it still needs
+            // its ACK, or the callee retransmits the final reply for 32 s.
+            if t.method == Method::Invite && b.ack.is_none() {
+                b.ack = build_ack(&b.request, &msg);
+            }
+            // Otherwise a retransmitted final reply: our ACK got lost (timer D).
+            if let Some(ack) = &b.ack {
+                env.send_to(&b.target, ack.clone());
             }
             return true;
         }

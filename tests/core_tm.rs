@@ -654,3 +654,26 @@ end
     assert_eq!(&*fwd.header(&HeaderName::Contact).unwrap(), b"<sip:alice@192.0.2.7:5090>");
     assert_eq!(fwd.call_id(), "call-z9hG4bK-22-x");
 }
+
+#[test]
+fn a_late_final_reply_from_a_timed_out_branch_is_acked() {
+    let mut n = Net::new(RELAY);
+    n.recv(UAC, &invite("slow", "z9hG4bK-23"));
+    let fwd = n.sent().remove(1).msg;
+    n.recv(UAS, &reply_to(&fwd, 180, "Ringing", Some("l1")));
+    n.sent();
+    n.advance(5.1);
+    let out = n.sent();
+    assert!(out.iter().any(|o| o.msg.status() == Some(408)), "timed out upstream");
+    assert!(
+        out.iter().any(|o| o.msg.method().map(|m| m.as_str()) == Some("CANCEL")),
+        "and cancelled downstream"
+    );
+    // The callee answers the CANCEL with 487 after all: it must get its ACK.
+    n.recv(UAS, &reply_to(&fwd, 487, "Request Terminated", Some("l1")));
+    let ack = only(n.sent());
+    assert_eq!(ack.msg.method().unwrap().as_str(), "ACK");
+    assert_eq!(ack.dst, UAS.parse().unwrap());
+    assert_eq!(ack.msg.top_via().branch(), fwd.top_via().branch());
+    assert!(ack.msg.to().tag().is_some());
+}
