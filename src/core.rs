@@ -67,6 +67,8 @@ pub struct Shared {
     pub branch_prefix: String,
     /// Counters.
     pub stats: Stats,
+    /// In-memory tables (subscribers, domains, trusted, usrloc).
+    pub store: crate::store::Store,
     /// Addresses of this host, for `is_myself` on wildcard listens.
     pub local_ips: Vec<IpAddr>,
 }
@@ -97,6 +99,7 @@ impl Shared {
             secret,
             branch_prefix: format!("z9hG4bKsr{:04x}", (secret >> 48) as u16),
             stats: Stats::default(),
+            store: crate::store::Store::default(),
             local_ips,
         }
     }
@@ -271,6 +274,8 @@ pub struct MsgCtx {
     pub failure_relay: bool,
     /// In a failure route: a reply the script chose instead.
     pub failure_reply: Option<(u16, String)>,
+    /// Digest authentication state of this request (auth module).
+    pub auth: crate::auth::AuthState,
 }
 
 impl MsgCtx {
@@ -298,6 +303,7 @@ impl MsgCtx {
             reply_status: None,
             failure_relay: false,
             failure_reply: None,
+            auth: Default::default(),
         }
     }
 

@@ -3,16 +3,19 @@
 //! `ser.cfg`. See DESIGN.md in the project's shared folder for the shape.
 
 pub mod app;
+pub mod auth;
 pub mod avpops;
 pub mod config;
 pub mod core;
 pub mod core_fns;
+pub mod db;
 pub mod maxfwd;
 pub mod rr;
 pub mod script;
 pub mod server;
 pub mod sip;
 pub mod sl;
+pub mod store;
 pub mod textops;
 pub mod timer;
 pub mod tm;

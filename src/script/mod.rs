@@ -74,6 +74,7 @@ pub fn all_exports() -> Vec<Export> {
         crate::textops::EXPORTS,
         crate::uri::EXPORTS,
         crate::avpops::EXPORTS,
+        crate::auth::EXPORTS,
     ] {
         v.extend_from_slice(table);
     }
@@ -366,6 +367,7 @@ fn install_globals(lua: &Lua, env: &Rc<Env>, params: Rc<RefCell<ModParams>>) -> 
     crate::textops::register(lua, env)?;
     crate::uri::register(lua, env)?;
     crate::avpops::register(lua, env)?;
+    crate::auth::register(lua, env)?;
     let max_len = env.shared.cfg.max_len;
     g.set("max_len", max_len)?;
     let arr: [Table; 4] = [tables[0].clone(), tables[1].clone(), tables[2].clone(), tables[3].clone()];
