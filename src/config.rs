@@ -144,57 +144,35 @@ pub struct ParamDef {
 /// Every module parameter serlua knows (the SER/Kamailio names). Seconds
 /// for tm timers, as SER 0.9 takes them.
 pub const PARAMS: &[ParamDef] = &[
-    ParamDef {
-        module: "tm",
-        name: "fr_timer",
-        kind: ParamKind::Int,
-    },
-    ParamDef {
-        module: "tm",
-        name: "fr_inv_timer",
-        kind: ParamKind::Int,
-    },
-    ParamDef {
-        module: "tm",
-        name: "fr_timer_avp",
-        kind: ParamKind::Str,
-    },
-    ParamDef {
-        module: "tm",
-        name: "fr_inv_timer_avp",
-        kind: ParamKind::Str,
-    },
-    ParamDef {
-        module: "tm",
-        name: "wait_timer",
-        kind: ParamKind::Int,
-    },
-    ParamDef {
-        module: "tm",
-        name: "retr_timer1",
-        kind: ParamKind::Int,
-    },
-    ParamDef {
-        module: "tm",
-        name: "retr_timer2",
-        kind: ParamKind::Int,
-    },
-    ParamDef {
-        module: "tm",
-        name: "max_transactions",
-        kind: ParamKind::Int,
-    },
-    ParamDef {
-        module: "rr",
-        name: "enable_double_rr",
-        kind: ParamKind::Int,
-    },
-    ParamDef {
-        module: "maxfwd",
-        name: "max_limit",
-        kind: ParamKind::Int,
-    },
+    param("tm", "fr_timer", ParamKind::Int),
+    param("tm", "fr_inv_timer", ParamKind::Int),
+    param("tm", "fr_timer_avp", ParamKind::Str),
+    param("tm", "fr_inv_timer_avp", ParamKind::Str),
+    param("tm", "wait_timer", ParamKind::Int),
+    param("tm", "retr_timer1", ParamKind::Int),
+    param("tm", "retr_timer2", ParamKind::Int),
+    param("tm", "max_transactions", ParamKind::Int),
+    param("rr", "enable_double_rr", ParamKind::Int),
+    param("maxfwd", "max_limit", ParamKind::Int),
+    param("registrar", "nat_flag", ParamKind::Int),
+    param("registrar", "min_expires", ParamKind::Int),
+    param("registrar", "max_expires", ParamKind::Int),
+    param("registrar", "default_expires", ParamKind::Int),
+    param("registrar", "max_contacts", ParamKind::Int),
+    param("registrar", "append_branches", ParamKind::Int),
+    param("usrloc", "db_url", ParamKind::Str),
+    param("usrloc", "use_domain", ParamKind::Int),
+    param("usrloc", "timer_interval", ParamKind::Int),
+    param("usrloc", "sync_interval", ParamKind::Int),
+    param("auth_db", "db_url", ParamKind::Str),
+    param("domain", "db_url", ParamKind::Str),
+    param("permissions", "db_url", ParamKind::Str),
+    param("permissions", "trusted_table", ParamKind::Str),
 ];
+
+const fn param(module: &'static str, name: &'static str, kind: ParamKind) -> ParamDef {
+    ParamDef { module, name, kind }
+}
 
 /// The `modparam()` calls of a script, validated against [`PARAMS`].
 #[derive(Clone, Debug, Default)]

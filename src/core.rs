@@ -69,6 +69,9 @@ pub struct Shared {
     pub stats: Stats,
     /// In-memory tables (subscribers, domains, trusted, usrloc).
     pub store: crate::store::Store,
+    /// A moment on both clocks, to turn the core's (possibly virtual)
+    /// `Instant` into wall-clock time for bindings and nonces.
+    pub epoch: (Instant, std::time::SystemTime),
     /// Addresses of this host, for `is_myself` on wildcard listens.
     pub local_ips: Vec<IpAddr>,
 }
@@ -92,6 +95,7 @@ impl Shared {
             }
         }
         let max = cfg.tm.max_transactions;
+        let store = crate::store::Store::new(&cfg, secret);
         Shared {
             cfg,
             sockets,
@@ -99,7 +103,8 @@ impl Shared {
             secret,
             branch_prefix: format!("z9hG4bKsr{:04x}", (secret >> 48) as u16),
             stats: Stats::default(),
-            store: crate::store::Store::default(),
+            store,
+            epoch: (Instant::now(), std::time::SystemTime::now()),
             local_ips,
         }
     }
@@ -319,6 +324,15 @@ pub fn lua_err(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::RuntimeError(msg.into())
 }
 
+/// Something a worker's timer queue runs when it is due.
+#[derive(Debug)]
+pub enum Timer {
+    /// A transaction timer (RFC 3261 §17).
+    Tm(tm::TimerEvent),
+    /// usrloc's periodic sweep of expired bindings (worker 0 only).
+    UsrlocSweep,
+}
+
 /// A per-worker environment: the clock, outgoing messages, timers and the
 /// message being routed. One per worker thread (not shared).
 pub struct Env {
@@ -328,7 +342,7 @@ pub struct Env {
     pub worker: usize,
     now: Cell<Instant>,
     out: RefCell<Vec<Transmit>>,
-    pub(crate) timers: RefCell<TimerHeap<tm::TimerEvent>>,
+    pub(crate) timers: RefCell<TimerHeap<Timer>>,
     ctx: RefCell<Option<MsgCtx>>,
     regexes: RefCell<HashMap<String, Regex>>,
     dns: RefCell<HashMap<(String, u16), (Instant, SocketAddr)>>,
@@ -363,6 +377,17 @@ impl Env {
         self.now.set(now);
     }
 
+    /// The current time as Unix seconds, on the core's clock (virtual in
+    /// tests): binding expiry and nonce lifetimes follow it.
+    pub fn unix_now(&self) -> i64 {
+        let (base, wall) = self.shared.epoch;
+        let t = match self.now().checked_duration_since(base) {
+            Some(d) => wall + d,
+            None => wall.checked_sub(base.saturating_duration_since(self.now())).unwrap_or(wall),
+        };
+        t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    }
+
     /// Queues bytes for sending.
     pub fn send(&self, t: Transmit) {
         self.out.borrow_mut().push(t);
@@ -391,7 +416,12 @@ impl Env {
 
     /// Arms a tm timer `after` from now.
     pub fn arm(&self, after: Duration, ev: tm::TimerEvent) {
-        self.timers.borrow_mut().arm(self.now() + after, ev);
+        self.timers.borrow_mut().arm(self.now() + after, Timer::Tm(ev));
+    }
+
+    /// Arms a periodic job of the core `after` from now.
+    pub fn arm_job(&self, after: Duration, job: Timer) {
+        self.timers.borrow_mut().arm(self.now() + after, job);
     }
 
     /// The earliest armed timer.
@@ -400,7 +430,7 @@ impl Env {
     }
 
     /// Removes one timer due now.
-    pub fn pop_due_timer(&self) -> Option<tm::TimerEvent> {
+    pub fn pop_due_timer(&self) -> Option<Timer> {
         let now = self.now();
         self.timers.borrow_mut().pop_due(now)
     }

@@ -149,6 +149,10 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
         },
     )?;
     reg(lua, env, EXPORTS, "sl_reply_error", |_, env, ctx, ()| {
+        if ctx.replied {
+            // save() and the like already answered with their own error.
+            return Ok(true);
+        }
         let (code, reason) = ctx.last_error.clone().unwrap_or((500, "Server Internal Error".into()));
         if ctx.kind == crate::script::export::RouteKind::Failure {
             ctx.failure_reply = Some((code, reason));

@@ -1,36 +1,126 @@
 //! The tables the proxy reads on every message, held in memory
 //! (DESIGN.md: hot paths never wait on the database): subscribers for
 //! auth, domains, trusted peers, and the usrloc tables. They are loaded
-//! from the database at start and reloaded on request; usrloc writes go
-//! back to the database through a queue.
+//! from the database at start and reloaded on request (SIGHUP, and every
+//! `table_refresh` seconds); usrloc writes go back through a queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use regex::Regex;
 
-use crate::db::Subscriber;
+use crate::config::CoreConfig;
+use crate::db::{DomainRow, Subscriber, TrustedRow, UlTable};
+use crate::usrloc::Usrloc;
 
 /// Subscribers keyed by (username, domain), both lower-case.
 pub type SubscriberMap = HashMap<(String, String), Arc<Subscriber>>;
 
+/// A `trusted` row ready for matching: its patterns compiled once.
+#[derive(Clone, Debug)]
+pub struct TrustedRule {
+    /// The row as stored.
+    pub row: TrustedRow,
+    /// Its source address.
+    pub ip: std::net::IpAddr,
+    /// `from_pattern`, compiled (None: any From).
+    pub from_re: Option<Regex>,
+    /// `ruri_pattern`, compiled (None: any Request-URI).
+    pub ruri_re: Option<Regex>,
+}
+
 /// The in-memory tables shared by all workers.
-#[derive(Default)]
 pub struct Store {
     subscribers: ArcSwap<SubscriberMap>,
+    domains: ArcSwap<HashSet<String>>,
+    trusted: ArcSwap<Vec<TrustedRule>>,
+    /// Registered contacts (`save("location")`, `lookup("location")`).
+    pub location: Usrloc,
+    /// Alias URIs and their targets (`lookup("aliases")`).
+    pub aliases: Usrloc,
 }
 
 impl Store {
+    /// Empty tables for a configuration (usrloc `use_domain`).
+    pub fn new(cfg: &CoreConfig, secret: u64) -> Store {
+        let use_domain = cfg.params.int("usrloc", "use_domain", 0) != 0;
+        let prefix = format!("uloc-{:x}-{:04x}", chrono::Utc::now().timestamp(), secret as u16);
+        Store {
+            subscribers: ArcSwap::default(),
+            domains: ArcSwap::default(),
+            trusted: ArcSwap::default(),
+            location: Usrloc::new(UlTable::Location, use_domain, format!("{prefix}-l")),
+            aliases: Usrloc::new(UlTable::Aliases, use_domain, format!("{prefix}-a")),
+        }
+    }
+
     /// The subscriber `username@domain` (auth_db's lookup in the
     /// `subscriber` table), case-insensitive on both parts.
     pub fn subscriber(&self, username: &str, domain: &str) -> Option<Arc<Subscriber>> {
-        self.subscribers.load().get(&(username.to_ascii_lowercase(), domain.to_ascii_lowercase())).cloned()
+        self.subscribers
+            .load()
+            .get(&(username.to_ascii_lowercase(), domain.to_ascii_lowercase()))
+            .cloned()
     }
 
     /// Replaces the subscriber table (after a load or reload).
     pub fn set_subscribers(&self, rows: Vec<Subscriber>) {
-        let map: SubscriberMap =
-            rows.into_iter().map(|s| ((s.username.to_ascii_lowercase(), s.domain.to_ascii_lowercase()), Arc::new(s))).collect();
+        let map: SubscriberMap = rows
+            .into_iter()
+            .map(|s| ((s.username.to_ascii_lowercase(), s.domain.to_ascii_lowercase()), Arc::new(s)))
+            .collect();
         self.subscribers.store(Arc::new(map));
+    }
+
+    /// Number of subscribers held.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.load().len()
+    }
+
+    /// True when `host` is one of our domains (the `domain` table;
+    /// case-insensitive).
+    pub fn is_local_domain(&self, host: &str) -> bool {
+        self.domains.load().contains(&host.to_ascii_lowercase())
+    }
+
+    /// Replaces the domain table.
+    pub fn set_domains(&self, rows: Vec<DomainRow>) {
+        self.domains
+            .store(Arc::new(rows.into_iter().map(|d| d.domain.to_ascii_lowercase()).collect()));
+    }
+
+    /// The trusted rules, highest priority first.
+    pub fn trusted(&self) -> Arc<Vec<TrustedRule>> {
+        self.trusted.load_full()
+    }
+
+    /// Replaces the trusted table; rows whose address or patterns are
+    /// invalid are skipped with an error in the log (they can never match).
+    pub fn set_trusted(&self, rows: Vec<TrustedRow>) {
+        let mut rules = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Ok(ip) = row.src_ip.trim().parse() else {
+                tracing::error!("trusted: '{}' is not an IP address; row ignored", row.src_ip);
+                continue;
+            };
+            let compile = |p: &Option<String>, what: &str| -> Result<Option<Regex>, ()> {
+                match p.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+                    None => Ok(None),
+                    Some(p) => Regex::new(&format!("(?i){p}")).map(Some).map_err(|e| {
+                        tracing::error!("trusted {}: bad {what} '{p}': {e}; row ignored", row.src_ip);
+                    }),
+                }
+            };
+            let (Ok(from_re), Ok(ruri_re)) = (
+                compile(&row.from_pattern, "from_pattern"),
+                compile(&row.ruri_pattern, "ruri_pattern"),
+            ) else {
+                continue;
+            };
+            rules.push(TrustedRule { row, ip, from_re, ruri_re });
+        }
+        rules.sort_by(|a, b| b.row.priority.cmp(&a.row.priority));
+        self.trusted.store(Arc::new(rules));
     }
 }

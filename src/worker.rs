@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::core::{Env, MsgCtx, Shared, Stats};
+use crate::core::{Env, MsgCtx, Shared, Stats, Timer};
 use crate::script::export::RouteKind;
 use crate::script::{LoadError, RunOutcome, Script};
 use crate::sip::msg::{semantic_check, unsupported_proxy_require};
@@ -29,14 +29,22 @@ impl Worker {
     pub fn new(shared: Arc<Shared>, id: usize, path: &Path, now: Instant) -> Result<Worker, LoadError> {
         let env = Rc::new(Env::new(shared, id, now));
         let (script, _) = Script::load(path, env.clone())?;
-        Ok(Worker { env, script })
+        Ok(Worker::start(env, script))
     }
 
     /// A worker over script text (tests, inline scripts).
     pub fn from_source(shared: Arc<Shared>, id: usize, name: &Path, source: String, now: Instant) -> Result<Worker, LoadError> {
         let env = Rc::new(Env::new(shared, id, now));
         let (script, _) = Script::load_source(name, source, env.clone())?;
-        Ok(Worker { env, script })
+        Ok(Worker::start(env, script))
+    }
+
+    fn start(env: Rc<Env>, script: Script) -> Worker {
+        if env.worker == 0 {
+            // One worker sweeps expired bindings for all.
+            env.arm_job(crate::usrloc::sweep_interval(&env), Timer::UsrlocSweep);
+        }
+        Worker { env, script }
     }
 
     /// Handles one message that arrived.
@@ -128,8 +136,11 @@ impl Worker {
     /// Runs every timer due at `now`.
     pub fn handle_timeouts(&mut self, now: Instant) {
         self.env.set_now(now);
-        while let Some(ev) = self.env.pop_due_timer() {
-            tm::on_timer(&self.env, &self.script, ev);
+        while let Some(t) = self.env.pop_due_timer() {
+            match t {
+                Timer::Tm(ev) => tm::on_timer(&self.env, &self.script, ev),
+                Timer::UsrlocSweep => crate::usrloc::sweep(&self.env),
+            }
         }
     }
 

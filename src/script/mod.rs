@@ -75,6 +75,9 @@ pub fn all_exports() -> Vec<Export> {
         crate::uri::EXPORTS,
         crate::avpops::EXPORTS,
         crate::auth::EXPORTS,
+        crate::registrar::EXPORTS,
+        crate::domain::EXPORTS,
+        crate::permissions::EXPORTS,
     ] {
         v.extend_from_slice(table);
     }
@@ -368,6 +371,9 @@ fn install_globals(lua: &Lua, env: &Rc<Env>, params: Rc<RefCell<ModParams>>) -> 
     crate::uri::register(lua, env)?;
     crate::avpops::register(lua, env)?;
     crate::auth::register(lua, env)?;
+    crate::registrar::register(lua, env)?;
+    crate::domain::register(lua, env)?;
+    crate::permissions::register(lua, env)?;
     let max_len = env.shared.cfg.max_len;
     g.set("max_len", max_len)?;
     let arr: [Table; 4] = [tables[0].clone(), tables[1].clone(), tables[2].clone(), tables[3].clone()];

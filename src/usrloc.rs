@@ -1,0 +1,354 @@
+//! usrloc: the location and aliases tables in memory (SER's usrloc).
+//!
+//! Bindings are served from memory (DESIGN.md: hot paths never wait on the
+//! database); every change is queued for the database thread, which
+//! writes it behind the message (write-behind, coalesced per binding), so
+//! a restart loses nothing that reached the queue's flush and a database
+//! outage only delays the writes. Expired bindings are ignored by lookups
+//! at once and removed by a periodic sweep (`timer_interval`).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::core::{Env, Timer};
+use crate::db::{BindingRow, UlTable};
+
+const SHARDS: usize = 64;
+
+/// One contact bound to an AOR (a `location`/`aliases` row), kept compact:
+/// the goal is well under 1 KiB per binding in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    /// Unique record id (Kamailio's `ruid`).
+    pub ruid: Box<str>,
+    /// The Contact URI as registered (RFC 3261 §10.3 step 7).
+    pub contact: Box<str>,
+    /// Source address of the REGISTER for a NATed client
+    /// (`sip:192.0.2.1:5060`, `;transport=tcp` on TCP).
+    pub received: Option<Box<str>>,
+    /// Path (RFC 3327) the REGISTER came through.
+    pub path: Option<Box<str>>,
+    /// Expiry, Unix seconds.
+    pub expires: i64,
+    /// q-value (RFC 3261 §10.2.1.2).
+    pub q: f32,
+    /// Call-ID of the REGISTER that created or refreshed it.
+    pub callid: Box<str>,
+    /// Its CSeq number (§10.3 step 7 ordering).
+    pub cseq: u32,
+    /// Last change, Unix seconds.
+    pub last_modified: i64,
+    /// usrloc flags.
+    pub flags: u32,
+    /// Branch flags; the registrar's NAT flag is kept here (Kamailio's
+    /// `nat_bflag` convention).
+    pub cflags: u32,
+    /// User-Agent of the registering client.
+    pub user_agent: Box<str>,
+    /// Our socket it registered on (`udp:192.0.2.13:5060`).
+    pub socket: Option<Box<str>>,
+    /// Allowed methods bitmask, when given.
+    pub methods: Option<u32>,
+    /// `+sip.instance` (RFC 5626).
+    pub instance: Option<Box<str>>,
+    /// `reg-id` (RFC 5626).
+    pub reg_id: u32,
+}
+
+/// Every binding of one AOR.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Record {
+    /// User part of the AOR.
+    pub username: Box<str>,
+    /// Domain of the AOR (stored even when lookups ignore it).
+    pub domain: Option<Box<str>>,
+    /// Its bindings.
+    pub bindings: Vec<Binding>,
+}
+
+/// A change waiting to be written to the database.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PendingOp {
+    /// Insert or update this row.
+    Upsert(BindingRow),
+    /// Delete the row with this ruid.
+    Delete,
+}
+
+/// One usrloc table (location or aliases).
+pub struct Usrloc {
+    /// Which table this is.
+    pub table: UlTable,
+    use_domain: bool,
+    shards: Vec<RwLock<HashMap<Box<str>, Record>>>,
+    pending: Mutex<HashMap<Box<str>, PendingOp>>,
+    /// True when a database thread drains the queue (false in tests
+    /// without a database: nothing is queued then).
+    pub persistent: AtomicBool,
+    next_ruid: AtomicU64,
+    ruid_prefix: String,
+}
+
+/// Unix seconds to a database datetime (UTC).
+pub fn to_datetime(unix: i64) -> chrono::NaiveDateTime {
+    chrono::DateTime::from_timestamp(unix, 0).map(|d| d.naive_utc()).unwrap_or_default()
+}
+
+/// A database datetime (UTC) to Unix seconds.
+pub fn from_datetime(t: chrono::NaiveDateTime) -> i64 {
+    t.and_utc().timestamp()
+}
+
+impl Binding {
+    /// The database row for this binding of `rec`.
+    pub fn to_row(&self, rec: &Record) -> BindingRow {
+        BindingRow {
+            ruid: self.ruid.to_string(),
+            username: rec.username.to_string(),
+            domain: rec.domain.as_deref().map(str::to_string),
+            contact: self.contact.to_string(),
+            received: self.received.as_deref().map(str::to_string),
+            path: self.path.as_deref().map(str::to_string),
+            expires: to_datetime(self.expires),
+            q: self.q,
+            callid: self.callid.to_string(),
+            cseq: self.cseq as i32,
+            last_modified: to_datetime(self.last_modified),
+            flags: self.flags as i32,
+            cflags: self.cflags as i32,
+            user_agent: self.user_agent.to_string(),
+            socket: self.socket.as_deref().map(str::to_string),
+            methods: self.methods.map(|m| m as i32),
+            instance: self.instance.as_deref().map(str::to_string),
+            reg_id: self.reg_id as i32,
+        }
+    }
+
+    /// The binding stored in a database row.
+    pub fn from_row(r: &BindingRow) -> Binding {
+        Binding {
+            ruid: r.ruid.as_str().into(),
+            contact: r.contact.as_str().into(),
+            received: r.received.as_deref().filter(|s| !s.is_empty()).map(Into::into),
+            path: r.path.as_deref().filter(|s| !s.is_empty()).map(Into::into),
+            expires: from_datetime(r.expires),
+            q: r.q,
+            callid: r.callid.as_str().into(),
+            cseq: r.cseq.max(0) as u32,
+            last_modified: from_datetime(r.last_modified),
+            flags: r.flags as u32,
+            cflags: r.cflags as u32,
+            user_agent: r.user_agent.as_str().into(),
+            socket: r.socket.as_deref().filter(|s| !s.is_empty()).map(Into::into),
+            methods: r.methods.filter(|m| *m >= 0).map(|m| m as u32),
+            instance: r.instance.as_deref().filter(|s| !s.is_empty()).map(Into::into),
+            reg_id: r.reg_id.max(0) as u32,
+        }
+    }
+}
+
+impl Usrloc {
+    /// An empty table. `use_domain`: AORs are `user@domain` (else `user`),
+    /// as usrloc's `use_domain` parameter.
+    pub fn new(table: UlTable, use_domain: bool, ruid_prefix: String) -> Usrloc {
+        Usrloc {
+            table,
+            use_domain,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            pending: Mutex::new(HashMap::new()),
+            persistent: AtomicBool::new(false),
+            next_ruid: AtomicU64::new(1),
+            ruid_prefix,
+        }
+    }
+
+    /// The key of an AOR: `user@domain` or `user`, lower-case domain.
+    pub fn aor_key(&self, username: &str, domain: Option<&str>) -> String {
+        match domain {
+            Some(d) if self.use_domain => format!("{username}@{}", d.to_ascii_lowercase()),
+            _ => username.to_string(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &RwLock<HashMap<Box<str>, Record>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// A new unique record id.
+    pub fn new_ruid(&self) -> String {
+        format!("{}-{}", self.ruid_prefix, self.next_ruid.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The live bindings of an AOR at `now` (Unix seconds), best first
+    /// (highest q, then most recently refreshed).
+    pub fn lookup(&self, key: &str, now: i64) -> Option<Record> {
+        let guard = self.shard(key).read();
+        let rec = guard.get(key)?;
+        let mut live: Vec<Binding> = rec.bindings.iter().filter(|b| b.expires > now).cloned().collect();
+        if live.is_empty() {
+            return None;
+        }
+        live.sort_by(|a, b| {
+            b.q.partial_cmp(&a.q)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(b.last_modified.cmp(&a.last_modified))
+        });
+        Some(Record {
+            username: rec.username.clone(),
+            domain: rec.domain.clone(),
+            bindings: live,
+        })
+    }
+
+    /// Runs `f` on the record of `key` under its lock (the registrar's
+    /// read-modify-write of RFC 3261 §10.3), then queues the changes it
+    /// made for the database. `f` gets `None` when the AOR has no record
+    /// and may create one; an empty record is removed.
+    pub fn update<R>(&self, key: &str, f: impl FnOnce(&mut Option<Record>) -> R) -> R {
+        let mut guard = self.shard(key).write();
+        let mut slot = guard.remove(key);
+        let before: Vec<(Box<str>, Binding)> = slot
+            .as_ref()
+            .map(|r| r.bindings.iter().map(|b| (b.ruid.clone(), b.clone())).collect())
+            .unwrap_or_default();
+        let out = f(&mut slot);
+        if self.persistent.load(Ordering::Relaxed) {
+            let mut pending = self.pending.lock();
+            if let Some(rec) = &slot {
+                for b in &rec.bindings {
+                    if before.iter().find(|(r, _)| *r == b.ruid).is_none_or(|(_, old)| old != b) {
+                        pending.insert(b.ruid.clone(), PendingOp::Upsert(b.to_row(rec)));
+                    }
+                }
+            }
+            for (ruid, _) in &before {
+                let still = slot.as_ref().is_some_and(|r| r.bindings.iter().any(|b| &b.ruid == ruid));
+                if !still {
+                    pending.insert(ruid.clone(), PendingOp::Delete);
+                }
+            }
+        }
+        if let Some(rec) = slot {
+            if !rec.bindings.is_empty() {
+                guard.insert(key.into(), rec);
+            }
+        }
+        out
+    }
+
+    /// Removes expired bindings (`now` Unix seconds); returns how many.
+    pub fn sweep(&self, now: i64) -> usize {
+        let mut removed = 0;
+        for shard in &self.shards {
+            let keys: Vec<Box<str>> = shard
+                .read()
+                .iter()
+                .filter(|(_, r)| r.bindings.iter().any(|b| b.expires <= now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                removed += self.update(&k, |slot| {
+                    let Some(rec) = slot else { return 0 };
+                    let n = rec.bindings.len();
+                    rec.bindings.retain(|b| b.expires > now);
+                    n - rec.bindings.len()
+                });
+            }
+        }
+        removed
+    }
+
+    /// Loads rows read from the database (at start, or a sync from a
+    /// shared database): a row replaces the binding with the same ruid
+    /// unless the one in memory is newer. Nothing is queued back.
+    pub fn merge_rows(&self, rows: &[BindingRow]) {
+        for r in rows {
+            let key = self.aor_key(&r.username, r.domain.as_deref());
+            let b = Binding::from_row(r);
+            let mut guard = self.shard(&key).write();
+            let rec = guard.entry(key.as_str().into()).or_insert_with(|| Record {
+                username: r.username.as_str().into(),
+                domain: r.domain.as_deref().map(Into::into),
+                bindings: Vec::new(),
+            });
+            match rec.bindings.iter_mut().find(|x| x.ruid == b.ruid) {
+                Some(x) if x.last_modified > b.last_modified => {}
+                Some(x) => *x = b,
+                None => rec.bindings.push(b),
+            }
+        }
+    }
+
+    /// Drops bindings that are no longer in the database (removed by
+    /// another proxy), except those changed here since `keep_after` or
+    /// still waiting to be written.
+    pub fn retain_ruids(&self, in_db: &std::collections::HashSet<String>, keep_after: i64) {
+        let pending: std::collections::HashSet<Box<str>> = self.pending.lock().keys().cloned().collect();
+        for shard in &self.shards {
+            let mut g = shard.write();
+            g.retain(|_, rec| {
+                rec.bindings
+                    .retain(|b| b.last_modified >= keep_after || pending.contains(&b.ruid) || in_db.contains(&*b.ruid));
+                !rec.bindings.is_empty()
+            });
+        }
+    }
+
+    /// Takes every queued change (the database thread's batch).
+    pub fn take_pending(&self) -> Vec<(Box<str>, PendingOp)> {
+        std::mem::take(&mut *self.pending.lock()).into_iter().collect()
+    }
+
+    /// Puts back changes that could not be written; newer queued changes
+    /// of the same binding win.
+    pub fn requeue(&self, ops: Vec<(Box<str>, PendingOp)>) {
+        let mut p = self.pending.lock();
+        for (ruid, op) in ops {
+            p.entry(ruid).or_insert(op);
+        }
+    }
+
+    /// Changes waiting for the database.
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Every record (for `ul show` and metrics), as a snapshot.
+    pub fn snapshot(&self) -> Vec<Record> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Number of bindings held.
+    pub fn binding_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().values().map(|r| r.bindings.len()).sum::<usize>())
+            .sum()
+    }
+}
+
+/// The periodic sweep of expired bindings (usrloc `timer_interval`),
+/// run by worker 0 and re-armed each time.
+pub fn sweep(env: &Env) {
+    let now = env.unix_now();
+    let store = &env.shared.store;
+    let n = store.location.sweep(now) + store.aliases.sweep(now);
+    if n > 0 {
+        tracing::debug!("usrloc: {n} expired bindings removed");
+    }
+    env.arm_job(sweep_interval(env), Timer::UsrlocSweep);
+}
+
+/// How often the sweep runs (modparam usrloc timer_interval, default 10 s).
+pub fn sweep_interval(env: &Env) -> Duration {
+    Duration::from_secs(env.shared.cfg.params.int("usrloc", "timer_interval", 10).clamp(1, 3600) as u64)
+}
