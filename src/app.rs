@@ -19,6 +19,8 @@ pub struct Overrides {
     pub children: Option<usize>,
     /// `--debug`: SER debug level.
     pub debug: Option<i64>,
+    /// `--db`: the database URL, over the script's `db_url`.
+    pub db: Option<String>,
 }
 
 /// Loads a script once to read its header, and statically checks it.
@@ -64,6 +66,28 @@ pub fn build_config(path: &Path, header: Header, ov: &Overrides) -> Result<CoreC
     }
     for a in &header.aliases {
         cfg.aliases.push(parse_alias(a).map_err(|e| format!("{name}: {e}"))?);
+    }
+    // One database for every table: the modules' db_url parameters (as a
+    // ported ser.cfg sets them) must agree with each other and db_url.
+    let mut urls: Vec<String> = header.db_url.into_iter().collect();
+    for module in ["usrloc", "auth_db", "domain", "permissions"] {
+        let u = cfg.params.str(module, "db_url", "");
+        if !u.is_empty() {
+            urls.push(u);
+        }
+    }
+    urls.dedup();
+    if let Some(first) = urls.first() {
+        if urls.iter().any(|u| u != first) {
+            return Err(format!("{name}: serlua keeps every table in one database, but db_url values differ: {}", urls.join(", ")));
+        }
+        cfg.db_url = first.clone();
+    }
+    if let Some(db) = &ov.db {
+        cfg.db_url = db.clone();
+    }
+    if let Some(t) = header.table_refresh {
+        cfg.table_refresh = std::time::Duration::from_secs(t);
     }
     Ok(cfg)
 }

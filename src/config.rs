@@ -154,6 +154,8 @@ pub const PARAMS: &[ParamDef] = &[
     param("tm", "max_transactions", ParamKind::Int),
     param("rr", "enable_double_rr", ParamKind::Int),
     param("maxfwd", "max_limit", ParamKind::Int),
+    param("auth", "nonce_expire", ParamKind::Int),
+    param("auth", "algorithms", ParamKind::Str),
     param("registrar", "nat_flag", ParamKind::Int),
     param("registrar", "min_expires", ParamKind::Int),
     param("registrar", "max_expires", ParamKind::Int),
@@ -306,6 +308,13 @@ pub struct CoreConfig {
     pub rr_double: bool,
     /// maxfwd `max_limit`: Max-Forwards values above it are lowered.
     pub maxfwd_limit: u32,
+    /// The database behind the in-memory tables (`db_url`, or the
+    /// modules' `db_url` parameter, or `--db`); default `sqlite://serlua.db`.
+    pub db_url: String,
+    /// Subscribers, domains and trusted peers are reloaded from the
+    /// database this often (`table_refresh`, default 10 s; 0 = only on
+    /// SIGHUP).
+    pub table_refresh: Duration,
     /// Every `modparam` of the script.
     pub params: ModParams,
 }
@@ -327,6 +336,8 @@ impl CoreConfig {
             tm,
             rr_double,
             maxfwd_limit,
+            db_url: crate::db::DEFAULT_URL.to_string(),
+            table_refresh: Duration::from_secs(10),
             params,
         })
     }

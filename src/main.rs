@@ -31,6 +31,9 @@ enum Cmd {
         /// SER debug level (overrides `debug`; 3 = info, 4 = debug). RUST_LOG overrides both.
         #[arg(long)]
         debug: Option<i64>,
+        /// Database URL (overrides `db_url`): sqlite://FILE, postgres://…, mysql://…
+        #[arg(long, value_name = "URL")]
+        db: Option<String>,
     },
     /// Load a script and check it statically (unknown functions, arity, routes) without starting.
     Check {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             listen,
             children,
             debug,
+            db,
         } => {
             let script = script.unwrap_or_else(app::default_script);
             let header = match app::load_and_check(&script) {
@@ -84,7 +88,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let cfg = match app::build_config(&script, header, &Overrides { listen, children, debug }) {
+            let cfg = match app::build_config(&script, header, &Overrides { listen, children, debug, db }) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");

@@ -59,6 +59,10 @@ pub struct Header {
     pub aliases: Vec<String>,
     /// The script's `modparam` calls.
     pub params: ModParams,
+    /// `db_url`: the database (SER's modules each had one; serlua uses one).
+    pub db_url: Option<String>,
+    /// `table_refresh`: seconds between reloads of subscribers, domains, trusted.
+    pub table_refresh: Option<u64>,
 }
 
 /// Every primitive of every module: the static checker and the runtime
@@ -75,6 +79,7 @@ pub fn all_exports() -> Vec<Export> {
         crate::uri::EXPORTS,
         crate::avpops::EXPORTS,
         crate::auth::EXPORTS,
+        crate::uri_db::EXPORTS,
         crate::registrar::EXPORTS,
         crate::domain::EXPORTS,
         crate::permissions::EXPORTS,
@@ -371,6 +376,7 @@ fn install_globals(lua: &Lua, env: &Rc<Env>, params: Rc<RefCell<ModParams>>) -> 
     crate::uri::register(lua, env)?;
     crate::avpops::register(lua, env)?;
     crate::auth::register(lua, env)?;
+    crate::uri_db::register(lua, env)?;
     crate::registrar::register(lua, env)?;
     crate::domain::register(lua, env)?;
     crate::permissions::register(lua, env)?;
@@ -437,6 +443,12 @@ fn read_header(lua: &Lua, name: &str, params: ModParams) -> Result<Header, LoadE
         max_len,
         aliases: strings("alias")?,
         params,
+        db_url: strings("db_url")?.into_iter().next(),
+        table_refresh: match int("table_refresh")? {
+            None => None,
+            Some(t) if (0..=86400).contains(&t) => Some(t as u64),
+            Some(_) => return Err(bad("table_refresh", "must be 0..86400 seconds")),
+        },
     })
 }
 
