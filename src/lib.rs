@@ -24,5 +24,6 @@ pub mod timer;
 pub mod tm;
 pub mod transport;
 pub mod uri;
+pub mod uri_db;
 pub mod usrloc;
 pub mod worker;
