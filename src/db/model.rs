@@ -2,7 +2,46 @@
 //! schema: `subscriber`, `location`, `aliases`, `domain`, `trusted`,
 //! `version`), as plain Rust values independent of the backend.
 
-use chrono::NaiveDateTime;
+use chrono::{NaiveDate, NaiveDateTime};
+use md5::{Digest, Md5};
+
+/// Kamailio's `ha1` digest of a password: the lower-case hex MD5 of
+/// `user:realm:password` (RFC 2617 §3.2.2.2 A1; what `kamctl add` stores in
+/// `subscriber.ha1`, with realm = the subscriber's domain).
+pub fn ha1(user: &str, realm: &str, password: &str) -> String {
+    let digest = Md5::digest(format!("{user}:{realm}:{password}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Kamailio's `ha1b` digest: `ha1` with the user written as
+/// `user@domain`, i.e. MD5(`user@domain:realm:password`) — for clients that
+/// send the whole AOR as digest username (`kamctl add` stores it in
+/// `subscriber.ha1b` with realm = domain).
+pub fn ha1b(user: &str, domain: &str, realm: &str, password: &str) -> String {
+    ha1(&format!("{user}@{domain}"), realm, password)
+}
+
+/// The `expires` serlua writes for a binding that never expires (a
+/// permanent alias, `serlua alias add`): 2100-01-01 00:00:00 UTC. Kamailio's
+/// own schema default is a fixed date in 2030; this one stays in the future
+/// for the life of any deployment and still fits a 32-bit unsigned Unix time.
+pub fn permanent_expires() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2100, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("valid date")
+}
+
+/// True when `expires` marks a binding that never expires: serlua's
+/// [`permanent_expires`] (or later), or Kamailio's `expires = 0`, which its
+/// usrloc writes as the Unix epoch (any date before 1970-01-02, to allow for
+/// a server writing local time).
+pub fn is_permanent(expires: NaiveDateTime) -> bool {
+    expires >= permanent_expires()
+        || expires
+            < NaiveDate::from_ymd_opt(1970, 1, 2)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .expect("valid date")
+}
 
 /// A `subscriber` row (auth_db): who may authenticate, with the password
 /// in clear and/or its digests. `ha1` = MD5(username:realm:password) with
@@ -20,6 +59,20 @@ pub struct Subscriber {
     pub ha1: String,
     /// MD5(username@domain:domain:password).
     pub ha1b: String,
+}
+
+impl Subscriber {
+    /// A subscriber with a clear-text password and both digests computed
+    /// the way `kamctl add` does (realm = domain).
+    pub fn new(username: &str, domain: &str, password: &str) -> Subscriber {
+        Subscriber {
+            username: username.to_string(),
+            domain: domain.to_string(),
+            password: password.to_string(),
+            ha1: ha1(username, domain, password),
+            ha1b: ha1b(username, domain, domain, password),
+        }
+    }
 }
 
 /// A `domain` row: a domain this proxy is responsible for
@@ -110,4 +163,15 @@ pub struct BindingRow {
     pub instance: Option<String>,
     /// `reg-id` (RFC 5626).
     pub reg_id: i32,
+}
+
+/// One change to a usrloc table, queued by the write-behind queue and
+/// written by [`crate::db::Db::apply`] in batches (one transaction each).
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // the shape the write-behind queue builds; boxing costs an allocation per op
+pub enum UlOp {
+    /// Insert the binding, or update the row with the same `ruid`.
+    Upsert(BindingRow),
+    /// Delete the row with this `ruid` (nothing happens when it is gone).
+    Delete(String),
 }
