@@ -2,6 +2,7 @@
 //! serlua: a SIP proxy whose routing logic is a Lua script mirroring SER's
 //! `ser.cfg`. See DESIGN.md in the project's shared folder for the shape.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod avpops;

@@ -40,6 +40,9 @@ enum Cmd {
         /// The Lua route script.
         script: PathBuf,
     },
+    /// The admin commands (kamctl/kamdbctl): db, user, domain, trusted, alias, ul.
+    #[command(flatten)]
+    Admin(serlua::admin::Command),
 }
 
 fn init_logging(debug: Option<i64>) {
@@ -58,6 +61,7 @@ fn init_logging(debug: Option<i64>) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Admin(cmd) => serlua::admin::run(cmd),
         Cmd::Check { script } => match app::load_and_check(&script) {
             Ok(_) => {
                 println!("{}: OK", script.display());

@@ -472,6 +472,37 @@ fn parse_url(url: &str) -> Result<Target, DbError> {
     ))
 }
 
+/// tokio-postgres reports a failed TCP connect as just "error connecting
+/// to server" once diesel-async has converted it; find the cause (refused,
+/// unreachable, unknown host) by trying the server's address once more.
+async fn with_socket_cause(msg: String, url: &str, default_port: u16) -> String {
+    if !msg.ends_with("error connecting to server") {
+        return msg;
+    }
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+        return msg;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    if hostport.is_empty() || hostport.contains(',') {
+        return msg;
+    }
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default_port)),
+            None => return msg,
+        },
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().unwrap_or(default_port)),
+            None => (hostport, default_port),
+        },
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Err(e)) => format!("{msg}: {e}"),
+        _ => msg,
+    }
+}
+
 /// Runs the embedded migrations on a connection, synchronously (call it
 /// from a blocking task): diesel's migration harness over diesel-async's
 /// [`AsyncConnectionWrapper`]. Returns the connection in every case.
@@ -517,7 +548,11 @@ impl Db {
                 let c = tokio::time::timeout(CONNECT_TIMEOUT, AsyncPgConnection::establish(&u))
                     .await
                     .map_err(|_| fail(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| e.to_string());
+                let c = match c {
+                    Ok(c) => c,
+                    Err(e) => return Err(fail(with_socket_cause(e, &u, 5432).await)),
+                };
                 (Conn::Postgres(c), Backend::Postgres)
             }
             Target::Mysql(u) => {
