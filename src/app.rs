@@ -116,11 +116,9 @@ pub fn debug_filter(debug: Option<i64>) -> &'static str {
     }
 }
 
-/// One proxy instance over a script, driven by the caller (the sans-IO
-/// core without sockets): the test harness and the REPL's dry run use
-/// this; `serlua run` puts sockets around the same pieces. `source`
-/// replaces the file's text when given (inline scripts).
-pub fn instance(path: &Path, source: Option<String>, ov: &Overrides, now: Instant) -> Result<crate::worker::Worker, String> {
+/// The configuration of a script (its header, checked, plus overrides)
+/// and its text: the first half of starting a proxy instance.
+pub fn script_config(path: &Path, source: Option<String>, ov: &Overrides, now: Instant) -> Result<(CoreConfig, String), String> {
     let probe_shared = Arc::new(Shared::new(CoreConfig::with_params(Default::default()).map_err(|e| e.to_string())?));
     let probe_env = Rc::new(Env::new(probe_shared, 0, now));
     let src = match source {
@@ -132,7 +130,16 @@ pub fn instance(path: &Path, source: Option<String>, ov: &Overrides, now: Instan
     if !diags.is_empty() {
         return Err(diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
     }
-    let cfg = build_config(path, header, ov)?;
+    Ok((build_config(path, header, ov)?, src))
+}
+
+/// One proxy instance over a script, driven by the caller (the sans-IO
+/// core without sockets and without a database thread): the test harness
+/// and the REPL's dry run use this; `serlua run` puts sockets and the
+/// database around the same pieces. `source` replaces the file's text
+/// when given (inline scripts).
+pub fn instance(path: &Path, source: Option<String>, ov: &Overrides, now: Instant) -> Result<crate::worker::Worker, String> {
+    let (cfg, src) = script_config(path, source, ov, now)?;
     let shared = Arc::new(Shared::new(cfg));
     crate::worker::Worker::from_source(shared, 0, path, src, now).map_err(|e| e.0)
 }

@@ -81,7 +81,7 @@ pub fn start(shared: Arc<Shared>) -> anyhow::Result<DbThread> {
     })?;
     tracing::info!(
         "database {}: {} subscribers, {} bindings, {} aliases loaded",
-        redact(&url),
+        crate::db::redact_url(&url),
         shared.store.subscriber_count(),
         shared.store.location.binding_count(),
         shared.store.aliases.binding_count()
@@ -127,7 +127,7 @@ impl Loop {
             if self.db.is_none() && now >= retry_at {
                 match Db::connect(&self.url).await {
                     Ok(db) => {
-                        tracing::info!("database {} is back", redact(&self.url));
+                        tracing::info!("database {} is back", crate::db::redact_url(&self.url));
                         self.db = Some(db);
                         backoff = Duration::from_millis(500);
                     }
@@ -227,25 +227,3 @@ impl Loop {
     }
 }
 
-/// A database URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redact_hides_the_password() {
-        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(super::redact("sqlite://serlua.db"), "sqlite://serlua.db");
-    }
-}

@@ -70,6 +70,8 @@ pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
     if shared.sockets.is_empty() {
         bail!("nothing to listen on: set `listen` in the script or pass --listen");
     }
+    // The tables (and every binding) are in memory before the first message.
+    let db = crate::persist::start(shared.clone())?;
     let tcp = TcpManager::new(shared.cfg.tcp_max_msg, shared.cfg.tcp_idle);
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let mut tcp_txs = Vec::new();
@@ -116,26 +118,36 @@ pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!("serlua started with {children} workers");
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-    if signals.forever().next().is_some() {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            tracing::info!("SIGHUP: reloading subscribers, domains and trusted peers");
+            db.reload();
+            continue;
+        }
         tracing::info!("signal received, stopping");
-        let sd = shutdown.clone();
         std::thread::spawn(move || {
             // A second signal stops at once.
-            if signals.forever().next().is_some() {
+            if signals.forever().any(|s| s != signal_hook::consts::SIGHUP) {
                 std::process::exit(1);
             }
-            drop(sd);
         });
+        break;
     }
     shutdown.notify_waiters();
-    // Workers wake on the notification; give them a moment, then leave.
+    // Workers wake on the notification; give them a moment, then write
+    // what usrloc still has queued and leave.
     let deadline = Instant::now() + Duration::from_secs(2);
     for h in handles {
         while !h.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    db.stop(Duration::from_secs(5));
     Ok(())
 }
 
