@@ -9,34 +9,39 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use serlua::db::UlTable;
-use serlua::usrloc::{Binding, Record, Usrloc};
+use serlua::usrloc::{Binding, BindingText, Record, Usrloc};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn binding(ul: &Usrloc, i: usize, now: i64) -> Binding {
-    Binding {
-        ruid: ul.new_ruid().into(),
-        contact: format!("sip:user{i}@192.0.2.{}:5060;transport=udp", i % 250).into(),
-        received: Some(format!("sip:198.51.100.{}:{}", i % 250, 10000 + i % 50000).into()),
+    let ruid = ul.new_ruid();
+    let contact = format!("sip:user{i}@192.0.2.{}:5060;transport=udp", i % 250);
+    let received = format!("sip:198.51.100.{}:{}", i % 250, 10000 + i % 50000);
+    let callid = format!("{i:08x}-4f2a-11ef-9c3e-0242ac120002@192.0.2.{}", i % 250);
+    let mut b = Binding::new(&BindingText {
+        ruid: &ruid,
+        contact: &contact,
+        received: Some(&received),
         path: None,
-        expires: now + 3600,
-        q: 1.0,
-        callid: format!("{i:08x}-4f2a-11ef-9c3e-0242ac120002@192.0.2.{}", i % 250).into(),
-        cseq: 1,
-        last_modified: now,
-        flags: 0,
-        cflags: 64,
-        user_agent: "Linphone/5.2.0 (belle-sip/5.2.0)".into(),
-        socket: Some("udp:192.0.2.13:5060".into()),
-        methods: None,
+        callid: &callid,
+        user_agent: "Linphone/5.2.0 (belle-sip/5.2.0)",
+        socket: Some("udp:192.0.2.13:5060"),
         instance: None,
-        reg_id: 0,
-    }
+    });
+    b.expires = now + 3600;
+    b.last_modified = now;
+    b.cseq = 1;
+    b.cflags = 64;
+    b
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -54,7 +59,13 @@ fn main() {
         let key = ul.aor_key(&format!("user{i}"), Some("example.com"));
         let b = binding(&ul, i, now);
         ul.update(&key, |slot| {
-            slot.get_or_insert_with(|| Record { username: format!("user{i}").into(), domain: Some("example.com".into()), bindings: Vec::new() }).bindings.push(b)
+            slot.get_or_insert_with(|| Record {
+                username: format!("user{i}").into(),
+                domain: Some("example.com".into()),
+                bindings: Default::default(),
+            })
+            .bindings
+            .push(b)
         });
     }
     let after = rss_kib();

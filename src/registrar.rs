@@ -12,7 +12,7 @@ use crate::script::register as reg;
 use crate::sip::{HeaderName, Method, NameAddr, Uri};
 use crate::sl;
 use crate::transport::Proto;
-use crate::usrloc::{Binding, Record, Usrloc};
+use crate::usrloc::{Binding, BindingText, Record, Usrloc};
 
 /// registrar's script functions.
 pub const EXPORTS: &[Export] = &[
@@ -214,7 +214,7 @@ pub fn save(env: &Env, ctx: &mut MsgCtx, table_name: &str, flags: i64) -> mlua::
         let rec = slot.get_or_insert_with(|| Record {
             username: user.as_str().into(),
             domain: Some(domain.as_str().into()),
-            bindings: Vec::new(),
+            bindings: Default::default(),
         });
         rec.bindings.retain(|b| b.expires > now);
         if star {
@@ -223,60 +223,55 @@ pub fn save(env: &Env, ctx: &mut MsgCtx, table_name: &str, flags: i64) -> mlua::
         }
         // §10.3 step 7: a request older than a binding it touches fails as a whole.
         for c in &contacts {
-            if let Some(b) = rec.bindings.iter().find(|b| same_contact(&b.contact, &c.uri)) {
-                if *b.callid == *callid && cseq <= b.cseq {
+            if let Some(b) = rec.bindings.iter().find(|b| same_contact(b.contact(), &c.uri)) {
+                if b.callid() == callid && cseq <= b.cseq {
                     return Err(Refusal(400, "Bad Request - CSeq not higher than the binding's".into(), None));
                 }
             }
         }
         if flags & SAVE_SINGLE != 0 {
-            rec.bindings.retain(|b| contacts.iter().any(|c| same_contact(&b.contact, &c.uri)));
+            rec.bindings.retain(|b| contacts.iter().any(|c| same_contact(b.contact(), &c.uri)));
         }
         for c in &contacts {
-            let pos = rec.bindings.iter().position(|b| same_contact(&b.contact, &c.uri));
+            let pos = rec.bindings.iter().position(|b| same_contact(b.contact(), &c.uri));
             match (pos, c.expires) {
                 (Some(i), 0) => {
                     rec.bindings.remove(i);
                 }
                 (None, 0) => {}
-                (Some(i), e) => {
-                    let b = &mut rec.bindings[i];
-                    b.contact = c.uri.as_str().into();
-                    b.expires = now + e;
-                    b.q = c.q;
-                    b.callid = callid.as_str().into();
-                    b.cseq = cseq;
-                    b.last_modified = now;
-                    b.received = received.as_deref().map(Into::into);
-                    b.path = path.as_deref().map(Into::into);
-                    b.cflags = cflags;
-                    b.user_agent = user_agent.as_str().into();
-                    b.socket = socket.as_deref().map(Into::into);
-                    b.instance = c.instance.as_deref().map(Into::into);
-                    b.reg_id = c.reg_id;
-                }
-                (None, e) => {
-                    if p.max_contacts > 0 && rec.bindings.len() >= p.max_contacts {
+                (pos, e) => {
+                    if pos.is_none() && p.max_contacts > 0 && rec.bindings.len() >= p.max_contacts {
                         return Err(Refusal(503, "Service Unavailable - too many registered contacts".into(), None));
                     }
-                    rec.bindings.push(Binding {
-                        ruid: ul.new_ruid().into(),
-                        contact: c.uri.as_str().into(),
-                        received: received.as_deref().map(Into::into),
-                        path: path.as_deref().map(Into::into),
-                        expires: now + e,
-                        q: c.q,
-                        callid: callid.as_str().into(),
-                        cseq,
-                        last_modified: now,
-                        flags: 0,
-                        cflags,
-                        user_agent: user_agent.as_str().into(),
-                        socket: socket.as_deref().map(Into::into),
-                        methods: None,
-                        instance: c.instance.as_deref().map(Into::into),
-                        reg_id: c.reg_id,
+                    let ruid = match pos {
+                        Some(i) => rec.bindings[i].ruid().to_string(),
+                        None => ul.new_ruid(),
+                    };
+                    let mut b = Binding::new(&BindingText {
+                        ruid: &ruid,
+                        contact: &c.uri,
+                        received: received.as_deref(),
+                        path: path.as_deref(),
+                        callid: &callid,
+                        user_agent: &user_agent,
+                        socket: socket.as_deref(),
+                        instance: c.instance.as_deref(),
                     });
+                    b.expires = now + e;
+                    b.q = c.q;
+                    b.cseq = cseq;
+                    b.last_modified = now;
+                    b.cflags = cflags;
+                    b.reg_id = c.reg_id;
+                    match pos {
+                        Some(i) => {
+                            // Keep what the REGISTER does not set (flags, methods).
+                            b.flags = rec.bindings[i].flags;
+                            b.methods = rec.bindings[i].methods;
+                            rec.bindings[i] = b;
+                        }
+                        None => rec.bindings.push(b),
+                    }
                 }
             }
         }
@@ -292,7 +287,7 @@ pub fn save(env: &Env, ctx: &mut MsgCtx, table_name: &str, flags: i64) -> mlua::
             .map(|b| {
                 (
                     HeaderName::Contact,
-                    format!("<{}>;expires={}", b.contact, (b.expires - now).max(0)).into_bytes(),
+                    format!("<{}>;expires={}", b.contact(), (b.expires - now).max(0)).into_bytes(),
                 )
             })
             .collect();
@@ -344,17 +339,21 @@ pub fn lookup(env: &Env, ctx: &mut MsgCtx, table_name: &str) -> mlua::Result<boo
     };
     let mut first = true;
     for b in rec.bindings.iter() {
-        let Ok(uri) = Uri::parse(&b.contact) else {
-            tracing::warn!("{}: binding {} has an unusable contact '{}'", ul.table.name(), b.ruid, b.contact);
+        let Ok(uri) = Uri::parse(b.contact()) else {
+            tracing::warn!(
+                "{}: binding {} has an unusable contact '{}'",
+                ul.table.name(),
+                b.ruid(),
+                b.contact()
+            );
             continue;
         };
         let path_hop = b
-            .path
-            .as_deref()
+            .path()
             .and_then(|p| p.split(',').next())
             .and_then(|h| NameAddr::parse(h.trim()).ok())
             .map(|n| n.uri);
-        let received = b.received.as_deref().and_then(|r| Uri::parse(r).ok());
+        let received = b.received().and_then(|r| Uri::parse(r).ok());
         let dst = path_hop.clone().or(received);
         if let Some(f) = p.nat_flag {
             if b.cflags & (1 << f) != 0 {
@@ -363,7 +362,7 @@ pub fn lookup(env: &Env, ctx: &mut MsgCtx, table_name: &str) -> mlua::Result<boo
         }
         if first {
             ctx.msg.set_ruri(uri);
-            if let (Some(path), Some(_)) = (&b.path, &path_hop) {
+            if let (Some(path), Some(_)) = (b.path(), &path_hop) {
                 ctx.msg.insert_first(HeaderName::Route, path.as_bytes());
             }
             ctx.dst_uri = dst;

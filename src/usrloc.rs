@@ -19,44 +19,150 @@ use crate::db::{BindingRow, UlTable};
 
 const SHARDS: usize = 64;
 
-/// One contact bound to an AOR (a `location`/`aliases` row), kept compact:
-/// the goal is well under 1 KiB per binding in memory.
+/// The text of a binding, to build one ([`Binding::new`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BindingText<'a> {
+    /// Unique record id (Kamailio's `ruid`).
+    pub ruid: &'a str,
+    /// The Contact URI as registered (RFC 3261 §10.3 step 7).
+    pub contact: &'a str,
+    /// Source address of the REGISTER for a NATed client.
+    pub received: Option<&'a str>,
+    /// Path (RFC 3327) the REGISTER came through.
+    pub path: Option<&'a str>,
+    /// Call-ID of the REGISTER that created or refreshed it.
+    pub callid: &'a str,
+    /// User-Agent of the registering client.
+    pub user_agent: &'a str,
+    /// Our socket it registered on (`udp:192.0.2.13:5060`).
+    pub socket: Option<&'a str>,
+    /// `+sip.instance` (RFC 5626).
+    pub instance: Option<&'a str>,
+}
+
+/// One contact bound to an AOR (a `location`/`aliases` row), kept
+/// compact: its text fields share one allocation (the goal is well under
+/// 1 KiB per binding in memory). An empty optional field reads as `None`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Binding {
-    /// Unique record id (Kamailio's `ruid`).
-    pub ruid: Box<str>,
-    /// The Contact URI as registered (RFC 3261 §10.3 step 7).
-    pub contact: Box<str>,
-    /// Source address of the REGISTER for a NATed client
-    /// (`sip:192.0.2.1:5060`, `;transport=tcp` on TCP).
-    pub received: Option<Box<str>>,
-    /// Path (RFC 3327) the REGISTER came through.
-    pub path: Option<Box<str>>,
+    text: Box<str>,
+    ends: [u32; 8],
     /// Expiry, Unix seconds.
     pub expires: i64,
-    /// q-value (RFC 3261 §10.2.1.2).
-    pub q: f32,
-    /// Call-ID of the REGISTER that created or refreshed it.
-    pub callid: Box<str>,
-    /// Its CSeq number (§10.3 step 7 ordering).
-    pub cseq: u32,
     /// Last change, Unix seconds.
     pub last_modified: i64,
+    /// q-value (RFC 3261 §10.2.1.2).
+    pub q: f32,
+    /// CSeq number of the REGISTER (§10.3 step 7 ordering).
+    pub cseq: u32,
     /// usrloc flags.
     pub flags: u32,
     /// Branch flags; the registrar's NAT flag is kept here (Kamailio's
     /// `nat_bflag` convention).
     pub cflags: u32,
-    /// User-Agent of the registering client.
-    pub user_agent: Box<str>,
-    /// Our socket it registered on (`udp:192.0.2.13:5060`).
-    pub socket: Option<Box<str>>,
     /// Allowed methods bitmask, when given.
     pub methods: Option<u32>,
-    /// `+sip.instance` (RFC 5626).
-    pub instance: Option<Box<str>>,
     /// `reg-id` (RFC 5626).
     pub reg_id: u32,
+}
+
+impl Binding {
+    /// A binding with these texts and zero numbers (set them after).
+    pub fn new(t: &BindingText<'_>) -> Binding {
+        let parts = [
+            t.ruid,
+            t.contact,
+            t.received.unwrap_or(""),
+            t.path.unwrap_or(""),
+            t.callid,
+            t.user_agent,
+            t.socket.unwrap_or(""),
+            t.instance.unwrap_or(""),
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; 8];
+        for (i, p) in parts.iter().enumerate() {
+            text.push_str(p);
+            ends[i] = text.len() as u32;
+        }
+        Binding {
+            text: text.into_boxed_str(),
+            ends,
+            expires: 0,
+            last_modified: 0,
+            q: 1.0,
+            cseq: 0,
+            flags: 0,
+            cflags: 0,
+            methods: None,
+            reg_id: 0,
+        }
+    }
+
+    fn field(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text.get(start..self.ends[i] as usize).unwrap_or("")
+    }
+
+    fn opt(&self, i: usize) -> Option<&str> {
+        Some(self.field(i)).filter(|s| !s.is_empty())
+    }
+
+    /// Unique record id.
+    pub fn ruid(&self) -> &str {
+        self.field(0)
+    }
+    /// The Contact URI as registered.
+    pub fn contact(&self) -> &str {
+        self.field(1)
+    }
+    /// Where a NATed client's REGISTER came from (`sip:192.0.2.1:5060`).
+    pub fn received(&self) -> Option<&str> {
+        self.opt(2)
+    }
+    /// Path (RFC 3327).
+    pub fn path(&self) -> Option<&str> {
+        self.opt(3)
+    }
+    /// Call-ID of the REGISTER.
+    pub fn callid(&self) -> &str {
+        self.field(4)
+    }
+    /// User-Agent of the client.
+    pub fn user_agent(&self) -> &str {
+        self.field(5)
+    }
+    /// Our socket it registered on.
+    pub fn socket(&self) -> Option<&str> {
+        self.opt(6)
+    }
+    /// `+sip.instance`.
+    pub fn instance(&self) -> Option<&str> {
+        self.opt(7)
+    }
+
+    /// The texts of this binding (to change some and rebuild it).
+    pub fn text(&self) -> BindingText<'_> {
+        BindingText {
+            ruid: self.ruid(),
+            contact: self.contact(),
+            received: self.received(),
+            path: self.path(),
+            callid: self.callid(),
+            user_agent: self.user_agent(),
+            socket: self.socket(),
+            instance: self.instance(),
+        }
+    }
+
+    /// The same numbers with other texts.
+    pub fn with_text(&self, t: &BindingText<'_>) -> Binding {
+        Binding {
+            text: Binding::new(t).text,
+            ends: Binding::new(t).ends,
+            ..self.clone()
+        }
+    }
 }
 
 /// Every binding of one AOR.
@@ -66,8 +172,8 @@ pub struct Record {
     pub username: Box<str>,
     /// Domain of the AOR (stored even when lookups ignore it).
     pub domain: Option<Box<str>>,
-    /// Its bindings.
-    pub bindings: Vec<Binding>,
+    /// Its bindings (most AORs have one: kept inline).
+    pub bindings: smallvec::SmallVec<[Binding; 1]>,
 }
 
 /// A change waiting to be written to the database.
@@ -107,47 +213,48 @@ impl Binding {
     /// The database row for this binding of `rec`.
     pub fn to_row(&self, rec: &Record) -> BindingRow {
         BindingRow {
-            ruid: self.ruid.to_string(),
+            ruid: self.ruid().to_string(),
             username: rec.username.to_string(),
             domain: rec.domain.as_deref().map(str::to_string),
-            contact: self.contact.to_string(),
-            received: self.received.as_deref().map(str::to_string),
-            path: self.path.as_deref().map(str::to_string),
+            contact: self.contact().to_string(),
+            received: self.received().map(str::to_string),
+            path: self.path().map(str::to_string),
             expires: to_datetime(self.expires),
             q: self.q,
-            callid: self.callid.to_string(),
+            callid: self.callid().to_string(),
             cseq: self.cseq as i32,
             last_modified: to_datetime(self.last_modified),
             flags: self.flags as i32,
             cflags: self.cflags as i32,
-            user_agent: self.user_agent.to_string(),
-            socket: self.socket.as_deref().map(str::to_string),
+            user_agent: self.user_agent().to_string(),
+            socket: self.socket().map(str::to_string),
             methods: self.methods.map(|m| m as i32),
-            instance: self.instance.as_deref().map(str::to_string),
+            instance: self.instance().map(str::to_string),
             reg_id: self.reg_id as i32,
         }
     }
 
     /// The binding stored in a database row.
     pub fn from_row(r: &BindingRow) -> Binding {
-        Binding {
-            ruid: r.ruid.as_str().into(),
-            contact: r.contact.as_str().into(),
-            received: r.received.as_deref().filter(|s| !s.is_empty()).map(Into::into),
-            path: r.path.as_deref().filter(|s| !s.is_empty()).map(Into::into),
-            expires: from_datetime(r.expires),
-            q: r.q,
-            callid: r.callid.as_str().into(),
-            cseq: r.cseq.max(0) as u32,
-            last_modified: from_datetime(r.last_modified),
-            flags: r.flags as u32,
-            cflags: r.cflags as u32,
-            user_agent: r.user_agent.as_str().into(),
-            socket: r.socket.as_deref().filter(|s| !s.is_empty()).map(Into::into),
-            methods: r.methods.filter(|m| *m >= 0).map(|m| m as u32),
-            instance: r.instance.as_deref().filter(|s| !s.is_empty()).map(Into::into),
-            reg_id: r.reg_id.max(0) as u32,
-        }
+        let mut b = Binding::new(&BindingText {
+            ruid: &r.ruid,
+            contact: &r.contact,
+            received: r.received.as_deref(),
+            path: r.path.as_deref(),
+            callid: &r.callid,
+            user_agent: &r.user_agent,
+            socket: r.socket.as_deref(),
+            instance: r.instance.as_deref(),
+        });
+        b.expires = from_datetime(r.expires);
+        b.q = r.q;
+        b.cseq = r.cseq.max(0) as u32;
+        b.last_modified = from_datetime(r.last_modified);
+        b.flags = r.flags as u32;
+        b.cflags = r.cflags as u32;
+        b.methods = r.methods.filter(|m| *m >= 0).map(|m| m as u32);
+        b.reg_id = r.reg_id.max(0) as u32;
+        b
     }
 }
 
@@ -190,7 +297,7 @@ impl Usrloc {
     pub fn lookup(&self, key: &str, now: i64) -> Option<Record> {
         let guard = self.shard(key).read();
         let rec = guard.get(key)?;
-        let mut live: Vec<Binding> = rec.bindings.iter().filter(|b| b.expires > now).cloned().collect();
+        let mut live: smallvec::SmallVec<[Binding; 1]> = rec.bindings.iter().filter(|b| b.expires > now).cloned().collect();
         if live.is_empty() {
             return None;
         }
@@ -213,24 +320,26 @@ impl Usrloc {
     pub fn update<R>(&self, key: &str, f: impl FnOnce(&mut Option<Record>) -> R) -> R {
         let mut guard = self.shard(key).write();
         let mut slot = guard.remove(key);
-        let before: Vec<(Box<str>, Binding)> = slot
-            .as_ref()
-            .map(|r| r.bindings.iter().map(|b| (b.ruid.clone(), b.clone())).collect())
-            .unwrap_or_default();
+        let persistent = self.persistent.load(Ordering::Relaxed);
+        let before: Vec<Binding> = if persistent {
+            slot.as_ref().map(|r| r.bindings.to_vec()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let out = f(&mut slot);
-        if self.persistent.load(Ordering::Relaxed) {
+        if persistent {
             let mut pending = self.pending.lock();
             if let Some(rec) = &slot {
                 for b in &rec.bindings {
-                    if before.iter().find(|(r, _)| *r == b.ruid).is_none_or(|(_, old)| old != b) {
-                        pending.insert(b.ruid.clone(), PendingOp::Upsert(b.to_row(rec)));
+                    if before.iter().find(|o| o.ruid() == b.ruid()).is_none_or(|old| old != b) {
+                        pending.insert(b.ruid().into(), PendingOp::Upsert(b.to_row(rec)));
                     }
                 }
             }
-            for (ruid, _) in &before {
-                let still = slot.as_ref().is_some_and(|r| r.bindings.iter().any(|b| &b.ruid == ruid));
+            for old in &before {
+                let still = slot.as_ref().is_some_and(|r| r.bindings.iter().any(|b| b.ruid() == old.ruid()));
                 if !still {
-                    pending.insert(ruid.clone(), PendingOp::Delete);
+                    pending.insert(old.ruid().into(), PendingOp::Delete);
                 }
             }
         }
@@ -275,9 +384,9 @@ impl Usrloc {
             let rec = guard.entry(key.as_str().into()).or_insert_with(|| Record {
                 username: r.username.as_str().into(),
                 domain: r.domain.as_deref().map(Into::into),
-                bindings: Vec::new(),
+                bindings: Default::default(),
             });
-            match rec.bindings.iter_mut().find(|x| x.ruid == b.ruid) {
+            match rec.bindings.iter_mut().find(|x| x.ruid() == b.ruid()) {
                 Some(x) if x.last_modified > b.last_modified => {}
                 Some(x) => *x = b,
                 None => rec.bindings.push(b),
@@ -294,7 +403,7 @@ impl Usrloc {
             let mut g = shard.write();
             g.retain(|_, rec| {
                 rec.bindings
-                    .retain(|b| b.last_modified >= keep_after || pending.contains(&b.ruid) || in_db.contains(&*b.ruid));
+                    .retain(|b| b.last_modified >= keep_after || pending.contains(b.ruid()) || in_db.contains(b.ruid()));
                 !rec.bindings.is_empty()
             });
         }
