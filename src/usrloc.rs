@@ -19,6 +19,9 @@ use crate::db::{BindingRow, UlTable};
 
 const SHARDS: usize = 64;
 
+/// `expires` of a binding that never expires (a permanent alias).
+pub const PERMANENT: i64 = i64::MAX;
+
 /// The text of a binding, to build one ([`Binding::new`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BindingText<'a> {
@@ -219,7 +222,7 @@ impl Binding {
             contact: self.contact().to_string(),
             received: self.received().map(str::to_string),
             path: self.path().map(str::to_string),
-            expires: to_datetime(self.expires),
+            expires: if self.expires == PERMANENT { crate::db::permanent_expires() } else { to_datetime(self.expires) },
             q: self.q,
             callid: self.callid().to_string(),
             cseq: self.cseq as i32,
@@ -246,7 +249,9 @@ impl Binding {
             socket: r.socket.as_deref(),
             instance: r.instance.as_deref(),
         });
-        b.expires = from_datetime(r.expires);
+        // Permanent aliases and contacts (Kamailio's epoch "expires=0", or
+        // the far date serlua writes) never expire.
+        b.expires = if crate::db::is_permanent(r.expires) { PERMANENT } else { from_datetime(r.expires) };
         b.q = r.q;
         b.cseq = r.cseq.max(0) as u32;
         b.last_modified = from_datetime(r.last_modified);
