@@ -1,6 +1,7 @@
 //! The `msg` object: the message being routed as Lua sees it
 //! (`msg.method`, `msg.ruri`, `msg.status`, `msg.len`, `msg.src_ip`,
-//! `msg.src_port`, `msg.proto`, `msg.body`, `msg.call_id`, `msg.dst_uri`,
+//! `msg.src_port`, `msg.proto`, `msg.body`, `msg.call_id`, `msg.from_uri`,
+//! `msg.to_uri`, `msg.from_tag`, `msg.to_tag`, `msg.dst_uri`,
 //! `msg:header(name)`, `msg:headers(name)`). One object per VM; each
 //! message is swapped in behind it.
 
@@ -107,13 +108,23 @@ fn field(lua: &Lua, ctx: &mut crate::core::MsgCtx, key: &str) -> mlua::Result<Va
         "proto" => s(ctx.proto.lower()),
         "body" => Ok(Value::String(lua.create_string(ctx.msg.body())?)),
         "call_id" => s(ctx.msg.call_id()),
+        "from_uri" => s(&ctx.msg.from().uri.to_string()),
+        "to_uri" => s(&ctx.msg.to().uri.to_string()),
+        "from_tag" => match ctx.msg.from().tag() {
+            Some(t) => s(t),
+            None => Ok(Value::Nil),
+        },
+        "to_tag" => match ctx.msg.to().tag() {
+            Some(t) => s(t),
+            None => Ok(Value::Nil),
+        },
         "dst_uri" => match &ctx.dst_uri {
             Some(u) => s(&u.to_string()),
             None => Ok(Value::Nil),
         },
         "flags" => Ok(Value::Integer(ctx.flags as i64)),
         other => Err(lua_err(format!(
-            "msg has no field '{other}' (fields: method, ruri, status, reason, len, src_ip, src_port, proto, body, call_id, dst_uri, flags; methods: msg:header(name), msg:headers(name))"
+            "msg has no field '{other}' (fields: method, ruri, status, reason, len, src_ip, src_port, proto, body, call_id, from_uri, to_uri, from_tag, to_tag, dst_uri, flags; methods: msg:header(name), msg:headers(name))"
         ))),
     }
 }
