@@ -186,7 +186,7 @@ impl Loop {
             let ops: Vec<UlOp> = batch
                 .iter()
                 .map(|(ruid, op)| match op {
-                    PendingOp::Upsert(row) => UlOp::Upsert(row.clone()),
+                    PendingOp::Upsert(row) => UlOp::Upsert((**row).clone()),
                     PendingOp::Delete => UlOp::Delete(ruid.to_string()),
                 })
                 .collect();

@@ -120,7 +120,7 @@ impl Store {
             };
             rules.push(TrustedRule { row, ip, from_re, ruri_re });
         }
-        rules.sort_by(|a, b| b.row.priority.cmp(&a.row.priority));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.row.priority));
         self.trusted.store(Arc::new(rules));
     }
 }

@@ -183,7 +183,7 @@ pub struct Record {
 #[derive(Clone, Debug, PartialEq)]
 pub enum PendingOp {
     /// Insert or update this row.
-    Upsert(BindingRow),
+    Upsert(Box<BindingRow>),
     /// Delete the row with this ruid.
     Delete,
 }
@@ -337,7 +337,7 @@ impl Usrloc {
             if let Some(rec) = &slot {
                 for b in &rec.bindings {
                     if before.iter().find(|o| o.ruid() == b.ruid()).is_none_or(|old| old != b) {
-                        pending.insert(b.ruid().into(), PendingOp::Upsert(b.to_row(rec)));
+                        pending.insert(b.ruid().into(), PendingOp::Upsert(Box::new(b.to_row(rec))));
                     }
                 }
             }
