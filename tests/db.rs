@@ -7,40 +7,14 @@
 //! a fresh PostgreSQL schema (via `search_path`) or a fresh MySQL database,
 //! dropped at the end.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime};
 use serlua::db::{Backend, BindingRow, Db, DbError, DomainRow, Subscriber, TrustedRow, UlOp, UlTable};
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Sqlite,
-    Postgres,
-    Mysql,
-}
+mod common;
 
-/// Drops the per-test PostgreSQL schema or MySQL database, also when the
-/// test panics.
-struct Cleanup {
-    base_url: String,
-    sql: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (url, sql) = (self.base_url.clone(), self.sql.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok(mut db) = Db::connect(&url).await {
-                    let _ = db.execute_sql(&sql).await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use common::db::{Cleanup, Kind, create_isolated, server_url};
 
 struct TestDb {
     db: Db,
@@ -48,32 +22,7 @@ struct TestDb {
 }
 
 fn unique_name() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("serlua_t_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos)
-}
-
-/// The server URL for a backend, or None (after printing why) when the
-/// test must be skipped; panics when SERLUA_REQUIRE_DB=1 asks for it.
-fn server_url(kind: Kind) -> Option<String> {
-    let var = match kind {
-        Kind::Sqlite => return Some(String::new()),
-        Kind::Postgres => "SERLUA_TEST_POSTGRES_URL",
-        Kind::Mysql => "SERLUA_TEST_MYSQL_URL",
-    };
-    match std::env::var(var) {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("SERLUA_REQUIRE_DB").as_deref() == Ok("1") {
-                panic!("{var} not set, and SERLUA_REQUIRE_DB=1 requires this backend");
-            }
-            println!("skipped: {var} not set");
-            None
-        }
-    }
+    common::db::unique_name("serlua_t")
 }
 
 /// A fresh, empty database of this kind (not migrated).
@@ -84,47 +33,14 @@ async fn fresh(kind: Kind) -> Option<TestDb> {
             db: Db::connect("sqlite::memory:").await.unwrap(),
             _cleanup: None,
         }),
-        Kind::Postgres => {
-            let schema = unique_name();
-            let mut admin = Db::connect(&base).await.unwrap();
-            admin.execute_sql(&format!("CREATE SCHEMA {schema}")).await.unwrap();
-            let cleanup = Cleanup {
-                base_url: base.clone(),
-                sql: format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-            };
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let db = Db::connect(&format!("{base}{sep}options=-csearch_path%3D{schema}")).await.unwrap();
+        Kind::Postgres | Kind::Mysql => {
+            let (url, cleanup) = create_isolated(kind, &base, &unique_name()).await;
             Some(TestDb {
-                db,
-                _cleanup: Some(cleanup),
-            })
-        }
-        Kind::Mysql => {
-            let name = unique_name();
-            let mut admin = Db::connect(&base).await.unwrap();
-            admin.execute_sql(&format!("CREATE DATABASE {name}")).await.unwrap();
-            let cleanup = Cleanup {
-                base_url: base.clone(),
-                sql: format!("DROP DATABASE IF EXISTS {name}"),
-            };
-            Some(TestDb {
-                db: Db::connect(&with_database(&base, &name)).await.unwrap(),
+                db: Db::connect(&url).await.unwrap(),
                 _cleanup: Some(cleanup),
             })
         }
     }
-}
-
-/// `mysql://user@host:port/db?x` with another database name.
-fn with_database(url: &str, name: &str) -> String {
-    let after_scheme = url.find("://").unwrap() + 3;
-    let (head, rest) = url.split_at(after_scheme);
-    let (rest, query) = match rest.find('?') {
-        Some(q) => rest.split_at(q),
-        None => (rest, ""),
-    };
-    let host = rest.split('/').next().unwrap();
-    format!("{head}{host}/{name}{query}")
 }
 
 async fn migrated(kind: Kind) -> Option<TestDb> {
