@@ -13,6 +13,7 @@ pub mod db;
 pub mod domain;
 pub mod maxfwd;
 pub mod permissions;
+pub mod persist;
 pub mod registrar;
 pub mod rr;
 pub mod script;
