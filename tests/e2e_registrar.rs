@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use common::db::{Kind, UrlDb, block_on_thread};
 use harness::sip::{Received, SipMsg, UdpPeer, reply_target, response, unique};
-use harness::sipp::{SippOpts, SippResult, SippRun};
+use harness::sipp::{SippOpts, SippResult, SippRun, logged_messages};
 use harness::{Ctx, Output, Proxy, ProxyOpts, describe_status, free_udp_port, run_serlua, sipp_or_skip};
 use serlua::db::{BindingRow, Db, Subscriber, UlTable};
 
@@ -391,6 +391,28 @@ fn auth_flow(kind: Kind) {
     let r = run_uac(&ctx, "stale", "reg_stale.xml", proxy.addr, p2, Some(&good), 1, 1, &["-d", "3000"]);
     ensure_sipp(&ctx, &[&r], 1);
     let c2 = format!("sip:alice@127.0.0.1:{p2}");
+    // The 200 lists every current binding: the new one and the first.
+    let msgs = logged_messages(&ctx.path("stale.messages.log"));
+    let ok200 = msgs
+        .iter()
+        .rev()
+        .find(|m| m.received && m.msg.status() == Some(200))
+        .unwrap_or_else(|| ctx.fail("no 200 in sipp's message log of the stale run"));
+    let contacts: Vec<&str> = ok200
+        .msg
+        .headers("Contact")
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for c in [&c1, &c2] {
+        ctx.ensure(
+            contacts
+                .iter()
+                .any(|v| v.starts_with(&format!("<{c}>;expires=")) && v.ends_with(|ch: char| ch.is_ascii_digit())),
+            || format!("the 200 should list {c} with its expires; its Contacts: {contacts:?}"),
+        );
+    }
     wait_rows(&ctx, &db.url, Duration::from_secs(10), "alice's two bindings", |rows| {
         rows.iter().filter(|b| b.username == "alice").count() == 2 && rows.iter().any(|b| b.contact == c2)
     });
