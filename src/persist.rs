@@ -56,7 +56,18 @@ async fn load_tables(db: &mut Db, shared: &Shared) -> Result<(), DbError> {
     store.set_subscribers(db.load_subscribers().await?);
     store.set_domains(db.load_domains().await?);
     store.set_trusted(db.load_trusted().await?);
+    release_freed_memory();
     Ok(())
+}
+
+/// Gives memory freed after a bulk load (the rows read, the old table)
+/// back to the system, so the process's size reflects the tables it
+/// holds rather than the peak of the load.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Connects, migrates SQLite (PostgreSQL and MySQL are migrated with
@@ -77,6 +88,7 @@ pub fn start(shared: Arc<Shared>) -> anyhow::Result<DbThread> {
             ul.merge_rows(&db.load_bindings(ul.table).await?);
             ul.persistent.store(true, Ordering::SeqCst);
         }
+        release_freed_memory();
         Ok::<Db, DbError>(db)
     })?;
     tracing::info!(
@@ -134,7 +146,8 @@ impl Loop {
                     Err(e) => {
                         tracing::error!("database still unavailable ({e}); {} usrloc changes queued", self.queued());
                         retry_at = now + backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        // Short ceiling: the queue catches up within seconds of the database's return.
+                        backoff = (backoff * 2).min(Duration::from_secs(4));
                     }
                 }
             }
@@ -173,7 +186,7 @@ impl Loop {
     }
 
     fn lost(&mut self, e: DbError) {
-        tracing::error!("database error: {e}; reconnecting, writes stay queued");
+        tracing::error!("{e}; reconnecting, writes stay queued");
         self.db = None;
     }
 

@@ -14,8 +14,17 @@ use crate::config::CoreConfig;
 use crate::db::{DomainRow, Subscriber, TrustedRow, UlTable};
 use crate::usrloc::Usrloc;
 
-/// Subscribers keyed by (username, domain), both lower-case.
-pub type SubscriberMap = HashMap<(String, String), Arc<Subscriber>>;
+/// Subscribers keyed by `username@domain`, lower-case.
+pub type SubscriberMap = HashMap<Box<str>, Arc<Subscriber>>;
+
+fn subscriber_key(username: &str, domain: &str) -> Box<str> {
+    let mut k = String::with_capacity(username.len() + domain.len() + 1);
+    k.push_str(username);
+    k.push('@');
+    k.push_str(domain);
+    k.make_ascii_lowercase();
+    k.into_boxed_str()
+}
 
 /// A `trusted` row ready for matching: its patterns compiled once.
 #[derive(Clone, Debug)]
@@ -58,18 +67,12 @@ impl Store {
     /// The subscriber `username@domain` (auth_db's lookup in the
     /// `subscriber` table), case-insensitive on both parts.
     pub fn subscriber(&self, username: &str, domain: &str) -> Option<Arc<Subscriber>> {
-        self.subscribers
-            .load()
-            .get(&(username.to_ascii_lowercase(), domain.to_ascii_lowercase()))
-            .cloned()
+        self.subscribers.load().get(&subscriber_key(username, domain)).cloned()
     }
 
     /// Replaces the subscriber table (after a load or reload).
     pub fn set_subscribers(&self, rows: Vec<Subscriber>) {
-        let map: SubscriberMap = rows
-            .into_iter()
-            .map(|s| ((s.username.to_ascii_lowercase(), s.domain.to_ascii_lowercase()), Arc::new(s)))
-            .collect();
+        let map: SubscriberMap = rows.into_iter().map(|s| (subscriber_key(&s.username, &s.domain), Arc::new(s))).collect();
         self.subscribers.store(Arc::new(map));
     }
 
