@@ -616,6 +616,29 @@ impl Db {
     /// fails with the missing column named. Idempotent (diesel's migration
     /// table records what ran). Runs diesel_migrations on a blocking task.
     pub async fn migrate(&mut self) -> Result<(), DbError> {
+        // Two proxies (or a proxy and `serlua user add`) starting on one new
+        // SQLite file migrate it at the same moment; the loser of that race
+        // finds the migrations applied when it tries again.
+        let mut attempt = 0;
+        loop {
+            match self.migrate_once().await {
+                Err(DbError::Migration(m))
+                    if attempt < 3
+                        && (m.contains("UNIQUE")
+                            || m.contains("unique")
+                            || m.contains("Duplicate")
+                            || m.contains("already exists")
+                            || m.contains("locked")) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn migrate_once(&mut self) -> Result<(), DbError> {
         let url = self.url.clone();
         let conn = self
             .conn

@@ -467,11 +467,13 @@ impl Proxy {
         let stderr = ctx.path(&format!("{}.stderr.log", opts.label));
         let stdout = ctx.path(&format!("{}.stdout.log", opts.label));
         let mut cmd = Command::new(SERLUA);
-        cmd.current_dir(ROOT)
-            .arg("run")
-            .arg(opts.script)
-            .args(opts.args)
-            .env("SERLUA_LISTEN", &listen)
+        cmd.current_dir(ROOT).arg("run").arg(opts.script).args(opts.args);
+        // Each proxy gets its own database, not the checkout's serlua.db:
+        // tests run in parallel.
+        if !opts.args.iter().any(|a| *a == "--db") {
+            cmd.arg("--db").arg(format!("sqlite://{}", ctx.path("serlua.db").display()));
+        }
+        cmd.env("SERLUA_LISTEN", &listen)
             .env("SERLUA_NEXT_HOP", opts.next_hop.to_string())
             .envs(opts.env.iter().copied())
             .stdin(Stdio::null())
