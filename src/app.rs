@@ -21,6 +21,8 @@ pub struct Overrides {
     pub debug: Option<i64>,
     /// `--db`: the database URL, over the script's `db_url`.
     pub db: Option<String>,
+    /// `--ctl`: the control socket path, over the script's `ctl_socket`.
+    pub ctl: Option<PathBuf>,
 }
 
 /// Loads a script once to read its header, and statically checks it.
@@ -79,7 +81,10 @@ pub fn build_config(path: &Path, header: Header, ov: &Overrides) -> Result<CoreC
     urls.dedup();
     if let Some(first) = urls.first() {
         if urls.iter().any(|u| u != first) {
-            return Err(format!("{name}: serlua keeps every table in one database, but db_url values differ: {}", urls.join(", ")));
+            return Err(format!(
+                "{name}: serlua keeps every table in one database, but db_url values differ: {}",
+                urls.join(", ")
+            ));
         }
         cfg.db_url = first.clone();
     }
@@ -88,6 +93,20 @@ pub fn build_config(path: &Path, header: Header, ov: &Overrides) -> Result<CoreC
     }
     if let Some(t) = header.table_refresh {
         cfg.table_refresh = std::time::Duration::from_secs(t);
+    }
+    if let Some(c) = ov.ctl.clone().or(header.ctl_socket.map(PathBuf::from)) {
+        cfg.ctl_socket = c;
+    }
+    if let Some(h) = header.http_listen {
+        cfg.http_listen = Some(h.parse().map_err(|_| format!("{name}: http_listen '{h}' must be IP:PORT"))?);
+    }
+    if let Some(t) = header.shutdown_timeout {
+        cfg.shutdown_timeout = std::time::Duration::from_secs(t);
+    }
+    cfg.fork = header.fork.unwrap_or(false);
+    cfg.log_stderror = header.log_stderror.unwrap_or(true);
+    if let Some(p) = header.pid_file {
+        cfg.pid_file = p.into();
     }
     Ok(cfg)
 }

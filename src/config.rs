@@ -315,6 +315,19 @@ pub struct CoreConfig {
     /// database this often (`table_refresh`, default 10 s; 0 = only on
     /// SIGHUP).
     pub table_refresh: Duration,
+    /// The control socket (`ctl_socket`, `--ctl`; default `serlua.ctl` in
+    /// the working directory).
+    pub ctl_socket: std::path::PathBuf,
+    /// Metrics and status page listener (`http_listen`), off by default.
+    pub http_listen: Option<SocketAddr>,
+    /// How long SIGTERM lets transactions finish (`shutdown_timeout`, 10 s).
+    pub shutdown_timeout: Duration,
+    /// Run in the background (`fork`).
+    pub fork: bool,
+    /// Log to stderr (`log_stderror`, default true) or to syslog.
+    pub log_stderror: bool,
+    /// Process id file of a forked proxy (`pid_file`, default `serlua.pid`).
+    pub pid_file: std::path::PathBuf,
     /// Every `modparam` of the script.
     pub params: ModParams,
 }
@@ -338,6 +351,12 @@ impl CoreConfig {
             maxfwd_limit,
             db_url: crate::db::DEFAULT_URL.to_string(),
             table_refresh: Duration::from_secs(10),
+            ctl_socket: "serlua.ctl".into(),
+            http_listen: None,
+            shutdown_timeout: Duration::from_secs(10),
+            fork: false,
+            log_stderror: true,
+            pid_file: "serlua.pid".into(),
             params,
         })
     }

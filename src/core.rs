@@ -21,7 +21,61 @@ use crate::timer::TimerHeap;
 use crate::tm;
 use crate::transport::{ConnId, ListenSocket, Proto, SocketId, Target, Transmit};
 
-/// Counters every worker updates (read by `serlua ctl stats` and metrics).
+/// Method names counted separately in [`Stats`]; every other method is
+/// counted as `OTHER` (the last slot).
+pub const METHOD_NAMES: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "INFO",
+    "PRACK",
+    "UPDATE",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "MESSAGE",
+    "PUBLISH",
+    "OTHER",
+];
+
+/// The [`METHOD_NAMES`] slot of a method token.
+pub fn method_slot(token: &[u8]) -> usize {
+    METHOD_NAMES[..14].iter().position(|m| m.as_bytes() == token).unwrap_or(14)
+}
+
+/// Upper bounds (seconds) of the route execution time histogram buckets.
+pub const ROUTE_TIME_BUCKETS: [f64; 11] = [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25];
+
+/// A lock-free histogram of route execution times.
+#[derive(Debug, Default)]
+pub struct RouteTimes {
+    /// Observations per bucket (not cumulative); the last slot is +Inf.
+    pub buckets: [AtomicU64; 12],
+    /// Sum of all observations, nanoseconds.
+    pub sum_ns: AtomicU64,
+    /// Number of observations.
+    pub count: AtomicU64,
+}
+
+impl RouteTimes {
+    /// Records one route run.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = ROUTE_TIME_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(ROUTE_TIME_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters every worker updates (read by `serlua ctl stats`, `/metrics`
+/// and the status page).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Requests received.
@@ -42,12 +96,41 @@ pub struct Stats {
     pub overload_503: AtomicU64,
     /// Messages dropped (replies not for us).
     pub dropped: AtomicU64,
+    /// Requests received, by method ([`METHOD_NAMES`]).
+    pub rcv_by_method: [AtomicU64; 15],
+    /// Replies received, by status class (1xx at 0 … 6xx at 5).
+    pub rcv_by_class: [AtomicU64; 6],
+    /// Requests sent (forwarded, retransmitted, or generated: CANCEL, ACK,
+    /// keepalive OPTIONS), by method.
+    pub sent_by_method: [AtomicU64; 15],
+    /// Replies sent, by status class.
+    pub sent_by_class: [AtomicU64; 6],
+    /// Route execution times.
+    pub route_time: RouteTimes,
+    /// Database errors seen by the database thread.
+    pub db_errors: AtomicU64,
+    /// NAT keepalives sent.
+    pub nat_pings: AtomicU64,
 }
 
 impl Stats {
     /// Adds one to a counter.
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message going out, by its first line (a request's method
+    /// or a reply's status class): every send passes here.
+    pub fn count_sent(&self, data: &[u8]) {
+        if let Some(rest) = data.strip_prefix(b"SIP/2.0 ") {
+            if let Some(&d) = rest.first() {
+                if (b'1'..=b'6').contains(&d) {
+                    Stats::inc(&self.sent_by_class[(d - b'1') as usize]);
+                }
+            }
+        } else if let Some(sp) = memchr::memchr(b' ', &data[..data.len().min(32)]) {
+            Stats::inc(&self.sent_by_method[method_slot(&data[..sp])]);
+        }
     }
 }
 
@@ -74,6 +157,34 @@ pub struct Shared {
     pub epoch: (Instant, std::time::SystemTime),
     /// Addresses of this host, for `is_myself` on wildcard listens.
     pub local_ips: Vec<IpAddr>,
+    /// The last script errors (newest last), for the status page.
+    pub recent_errors: parking_lot::Mutex<std::collections::VecDeque<(std::time::SystemTime, String)>>,
+    /// Bytes waiting in each worker's UDP receive queues (the worker
+    /// queue depth gauge), updated by the I/O loop.
+    pub queue_bytes: Box<[AtomicU64]>,
+    /// Set on SIGTERM: new requests are refused with 503 while the
+    /// transactions in flight finish.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+/// How many script errors the status page keeps.
+const RECENT_ERRORS: usize = 20;
+
+impl Shared {
+    /// Counts a script error and remembers it for the status page.
+    pub fn script_error(&self, text: &str) {
+        Stats::inc(&self.stats.script_errors);
+        self.note_script_error(text);
+    }
+
+    /// Remembers a script error for the status page.
+    pub fn note_script_error(&self, text: &str) {
+        let mut q = self.recent_errors.lock();
+        if q.len() >= RECENT_ERRORS {
+            q.pop_front();
+        }
+        q.push_back((std::time::SystemTime::now(), text.to_string()));
+    }
 }
 
 impl Shared {
@@ -95,6 +206,7 @@ impl Shared {
             }
         }
         let max = cfg.tm.max_transactions;
+        let children = cfg.children.max(1);
         let store = crate::store::Store::new(&cfg, secret);
         Shared {
             cfg,
@@ -106,6 +218,9 @@ impl Shared {
             store,
             epoch: (Instant::now(), std::time::SystemTime::now()),
             local_ips,
+            recent_errors: Default::default(),
+            queue_bytes: (0..children).map(|_| AtomicU64::new(0)).collect(),
+            draining: Default::default(),
         }
     }
 
@@ -390,6 +505,7 @@ impl Env {
 
     /// Queues bytes for sending.
     pub fn send(&self, t: Transmit) {
+        self.shared.stats.count_sent(&t.data);
         self.out.borrow_mut().push(t);
     }
 

@@ -34,6 +34,9 @@ enum Cmd {
         /// Database URL (overrides `db_url`): sqlite://FILE, postgres://…, mysql://…
         #[arg(long, value_name = "URL")]
         db: Option<String>,
+        /// Control socket path (overrides `ctl_socket`; default serlua.ctl).
+        #[arg(long, value_name = "PATH")]
+        ctl: Option<PathBuf>,
     },
     /// Load a script and check it statically (unknown functions, arity, routes) without starting.
     Check {
@@ -43,25 +46,15 @@ enum Cmd {
     /// The admin commands (kamctl/kamdbctl): db, user, domain, trusted, alias, ul.
     #[command(flatten)]
     Admin(serlua::admin::Command),
-}
-
-fn init_logging(debug: Option<i64>) {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
-        _ => tracing_subscriber::EnvFilter::new(app::debug_filter(debug)),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    /// Ask a running proxy over its control socket: stats, reload, ul show/rm, tm list, log-level, version, errors.
+    Ctl(serlua::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Admin(cmd) => serlua::admin::run(cmd),
+        Cmd::Ctl(args) => serlua::ctl::run(args),
         Cmd::Check { script } => match app::load_and_check(&script) {
             Ok(_) => {
                 println!("{}: OK", script.display());
@@ -80,6 +73,7 @@ fn main() -> ExitCode {
             children,
             debug,
             db,
+            ctl,
         } => {
             let script = script.unwrap_or_else(app::default_script);
             let header = match app::load_and_check(&script) {
@@ -92,16 +86,32 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let cfg = match app::build_config(&script, header, &Overrides { listen, children, debug, db }) {
+            let cfg = match app::build_config(
+                &script,
+                header,
+                &Overrides {
+                    listen,
+                    children,
+                    debug,
+                    db,
+                    ctl,
+                },
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(cfg.debug);
+            if cfg.fork {
+                if let Err(e) = serlua::logging::daemonize(&cfg.pid_file) {
+                    eprintln!("serlua: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let log_level = serlua::logging::init(cfg.debug, cfg.log_stderror);
             let shared = Arc::new(serlua::core::Shared::new(cfg));
-            match serlua::server::run(shared, script) {
+            match serlua::server::run(shared, script, Some(log_level)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("serlua: {e:#}");

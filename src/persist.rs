@@ -38,6 +38,12 @@ impl DbThread {
         self.reload.notify_one();
     }
 
+    /// A hook that asks for a reload (for the control plane).
+    pub fn reloader(&self) -> impl Fn() + Send + Sync + 'static {
+        let r = self.reload.clone();
+        move || r.notify_one()
+    }
+
     /// Writes what is queued and stops, waiting at most `deadline`.
     pub fn stop(mut self, deadline: Duration) {
         self.stop.store(true, Ordering::SeqCst);
@@ -104,11 +110,22 @@ pub fn start(shared: Arc<Shared>) -> anyhow::Result<DbThread> {
     let (r2, w2, s2) = (reload.clone(), wake.clone(), stop.clone());
     let thread = std::thread::Builder::new().name("serlua-db".into()).spawn(move || {
         rt.block_on(async move {
-            let mut state = Loop { shared, url, db: Some(db), last_sync: chrono::Utc::now().naive_utc(), syncs: 0 };
+            let mut state = Loop {
+                shared,
+                url,
+                db: Some(db),
+                last_sync: chrono::Utc::now().naive_utc(),
+                syncs: 0,
+            };
             state.run(r2, w2, s2).await;
         });
     })?;
-    Ok(DbThread { reload, stop, wake, thread: Some(thread) })
+    Ok(DbThread {
+        reload,
+        stop,
+        wake,
+        thread: Some(thread),
+    })
 }
 
 struct Loop {
@@ -186,6 +203,7 @@ impl Loop {
     }
 
     fn lost(&mut self, e: DbError) {
+        crate::core::Stats::inc(&self.shared.stats.db_errors);
         tracing::error!("{e}; reconnecting, writes stay queued");
         self.db = None;
     }
@@ -239,4 +257,3 @@ impl Loop {
         Ok(())
     }
 }
-

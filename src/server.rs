@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Notify, mpsc};
 
+use crate::control::{Control, LogLevelFn, ReloadFn};
 use crate::core::Shared;
 use crate::sip::framing::{FrameError, next_message};
 use crate::transport::tcp::{SendOutcome, TcpManager};
@@ -48,7 +49,7 @@ const OVERLOAD_STREAK: Duration = Duration::from_millis(100);
 type Acceptor = (Vec<(SocketId, std::net::TcpListener)>, Vec<mpsc::UnboundedSender<TcpTask>>);
 
 /// Runs the proxy until a signal stops it.
-pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
+pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) -> anyhow::Result<()> {
     let children = shared.cfg.children.max(1);
     let mut udp_sockets: Vec<Vec<(SocketId, std::net::UdpSocket)>> = (0..children).map(|_| Vec::new()).collect();
     let mut tcp_listeners = Vec::new();
@@ -83,6 +84,7 @@ pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
+    let mut ctl_txs = Vec::new();
     let mut listeners = Some(tcp_listeners);
     for (w, socks) in udp_sockets.into_iter().enumerate() {
         let shared = shared.clone();
@@ -97,9 +99,23 @@ pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
         } else {
             None
         };
-        let h = std::thread::Builder::new().name(format!("serlua-w{w}")).spawn(move || {
-            worker_thread(w, shared, script, socks, tcp, tcp_rx, accept, shutdown, ready);
-        })?;
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<WorkerCtl>();
+        ctl_txs.push(ctl_tx);
+        let setup = WorkerSetup {
+            w,
+            shared,
+            script,
+            socks,
+            tcp,
+            tcp_rx,
+            accept,
+            ctl_rx,
+            shutdown,
+            ready,
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("serlua-w{w}"))
+            .spawn(move || worker_thread(setup))?;
         handles.push(h);
     }
     drop(ready_tx);
@@ -118,6 +134,20 @@ pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!("serlua started with {children} workers");
 
+    let mut control = Control::new(shared.clone(), script.clone())
+        .with_reload(reloader(script.clone(), ctl_txs))
+        .with_reload_tables(Box::new(db.reloader()));
+    if let Some(f) = log_level {
+        control = control.with_log_level(f);
+    }
+    let control = Arc::new(control);
+    let ctl_path = shared.cfg.ctl_socket.clone();
+    // WIRE-CTL let _ctl = crate::ctl::spawn(control.clone(), &ctl_path).with_context(|| format!("control socket {}", ctl_path.display()))?;
+    // WIRE-HTTP if let Some(addr) = shared.cfg.http_listen {
+    // WIRE-HTTP     crate::http::spawn(control.clone(), addr).with_context(|| format!("http_listen {addr}"))?;
+    // WIRE-HTTP     tracing::info!("metrics and status page on http://{addr}/");
+    // WIRE-HTTP }
+
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -125,22 +155,36 @@ pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
     ])?;
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
-            tracing::info!("SIGHUP: reloading subscribers, domains and trusted peers");
-            db.reload();
+            tracing::info!("SIGHUP: reloading the route script and the tables");
+            control.reload_tables().ok();
+            let c = control.clone();
+            // A reload waits for every worker; the signal loop must not.
+            std::thread::spawn(move || {
+                let _ = c.reload();
+            });
             continue;
         }
-        tracing::info!("signal received, stopping");
+        tracing::info!("signal received: refusing new requests, letting transactions finish (a second signal stops at once)");
         std::thread::spawn(move || {
-            // A second signal stops at once.
             if signals.forever().any(|s| s != signal_hook::consts::SIGHUP) {
+                eprintln!("serlua: second signal, stopping at once");
                 std::process::exit(1);
             }
         });
         break;
     }
+    // Graceful shutdown: new requests get 503 while the transactions in
+    // flight finish (up to shutdown_timeout), then usrloc is flushed.
+    shared.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    let until = Instant::now() + shared.cfg.shutdown_timeout;
+    while shared.tm.pending() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = shared.tm.pending();
+    if left > 0 {
+        tracing::warn!("{left} transactions still open at the shutdown deadline");
+    }
     shutdown.notify_waiters();
-    // Workers wake on the notification; give them a moment, then write
-    // what usrloc still has queued and leave.
     let deadline = Instant::now() + Duration::from_secs(2);
     for h in handles {
         while !h.is_finished() && Instant::now() < deadline {
@@ -148,11 +192,68 @@ pub fn run(shared: Arc<Shared>, script: PathBuf) -> anyhow::Result<()> {
         }
     }
     db.stop(Duration::from_secs(5));
+    // WIRE-CTL crate::ctl::remove(&ctl_path);
+    let _ = &ctl_path;
+    tracing::info!("stopped");
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn worker_thread(
+/// A message from the reload coordinator to one worker (two-phase
+/// reload: every worker loads the new script first; only if all succeed
+/// do they switch, so a broken script leaves the old one running
+/// everywhere).
+enum WorkerCtl {
+    /// Load the script into a fresh VM and answer with the outcome.
+    Prepare(std::sync::mpsc::Sender<Result<(), String>>),
+    /// Switch to the VM prepared.
+    Commit,
+    /// Drop the VM prepared.
+    Abort,
+}
+
+/// The script reload hook: check the script, have every worker load it,
+/// switch all or none.
+fn reloader(script: PathBuf, txs: Vec<mpsc::UnboundedSender<WorkerCtl>>) -> ReloadFn {
+    let one_at_a_time = parking_lot::Mutex::new(());
+    Box::new(move || {
+        let _g = one_at_a_time.lock();
+        let fail = |e: String| {
+            tracing::error!("reload of {} failed, the running script stays: {e}", script.display());
+            Err(e)
+        };
+        if let Err(errs) = crate::app::load_and_check(&script) {
+            return fail(errs.join("\n"));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        for t in &txs {
+            if t.send(WorkerCtl::Prepare(tx.clone())).is_err() {
+                return fail("a worker is gone".into());
+            }
+        }
+        let mut errors = Vec::new();
+        for _ in 0..txs.len() {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push("a worker did not answer within 10 s".into()),
+            }
+        }
+        if let Some(e) = errors.into_iter().next() {
+            for t in &txs {
+                let _ = t.send(WorkerCtl::Abort);
+            }
+            return fail(e);
+        }
+        for t in &txs {
+            let _ = t.send(WorkerCtl::Commit);
+        }
+        tracing::info!("route script {} reloaded in {} workers", script.display(), txs.len());
+        Ok(format!("{} reloaded in {} workers", script.display(), txs.len()))
+    })
+}
+
+/// Everything a worker thread starts with.
+struct WorkerSetup {
     w: usize,
     shared: Arc<Shared>,
     script: PathBuf,
@@ -160,9 +261,24 @@ fn worker_thread(
     tcp: Arc<TcpManager>,
     tcp_rx: Option<mpsc::UnboundedReceiver<TcpTask>>,
     accept: Option<Acceptor>,
+    ctl_rx: mpsc::UnboundedReceiver<WorkerCtl>,
     shutdown: Arc<tokio::sync::Notify>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
-) {
+}
+
+fn worker_thread(setup: WorkerSetup) {
+    let WorkerSetup {
+        w,
+        shared,
+        script,
+        socks,
+        tcp,
+        tcp_rx,
+        accept,
+        mut ctl_rx,
+        shutdown,
+        ready,
+    } = setup;
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -202,6 +318,33 @@ fn worker_thread(
             tokio::task::spawn_local(udp_loop(worker.clone(), io.clone(), id, sock));
         }
         tokio::task::spawn_local(timer_loop(worker.clone(), io.clone()));
+        let (wk, path) = (worker.clone(), script.clone());
+        tokio::task::spawn_local(async move {
+            let mut prepared: Option<crate::script::Script> = None;
+            while let Some(m) = ctl_rx.recv().await {
+                match m {
+                    WorkerCtl::Prepare(reply) => {
+                        let env = wk.borrow().env.clone();
+                        match crate::script::Script::load(&path, env) {
+                            Ok((s, _)) => {
+                                prepared = Some(s);
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                prepared = None;
+                                let _ = reply.send(Err(e.0));
+                            }
+                        }
+                    }
+                    WorkerCtl::Commit => {
+                        if let Some(s) = prepared.take() {
+                            wk.borrow_mut().script = s;
+                        }
+                    }
+                    WorkerCtl::Abort => prepared = None,
+                }
+            }
+        });
         if let Some(mut rx) = tcp_rx {
             let (wk, io2) = (worker.clone(), io.clone());
             tokio::task::spawn_local(async move {

@@ -72,7 +72,10 @@ impl Store {
 
     /// Replaces the subscriber table (after a load or reload).
     pub fn set_subscribers(&self, rows: Vec<Subscriber>) {
-        let map: SubscriberMap = rows.into_iter().map(|s| (subscriber_key(&s.username, &s.domain), Arc::new(s))).collect();
+        let map: SubscriberMap = rows
+            .into_iter()
+            .map(|s| (subscriber_key(&s.username, &s.domain), Arc::new(s)))
+            .collect();
         self.subscribers.store(Arc::new(map));
     }
 

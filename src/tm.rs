@@ -146,6 +146,25 @@ pub struct Branch {
     ack: Option<Bytes>,
 }
 
+/// What `tm list` shows of a transaction.
+#[derive(Clone, Debug)]
+pub struct TxnInfo {
+    /// Transaction id.
+    pub id: u64,
+    /// Request method.
+    pub method: String,
+    /// Call-ID.
+    pub call_id: String,
+    /// Server-side state.
+    pub uas: String,
+    /// Last status sent upstream (0: none).
+    pub status: u16,
+    /// Time since it was created.
+    pub age: Duration,
+    /// Each branch: destination, state, last status.
+    pub branches: Vec<(String, String, u16)>,
+}
+
 /// A proxy transaction: the request's server transaction and its branches.
 #[derive(Debug)]
 pub struct Txn {
@@ -154,6 +173,8 @@ pub struct Txn {
     key: String,
     /// Method of the request.
     pub method: Method,
+    /// Call-ID of the request (kept after compaction, for `tm list`).
+    pub call_id: Box<str>,
     /// The request as the script left it (upstream Vias only); dropped once
     /// the transaction is answered ([`compact`]).
     request: Option<Box<SipMessage>>,
@@ -244,6 +265,37 @@ impl Table {
     /// The transaction a request belongs to (RFC 3261 §17.2.3).
     pub fn lookup_server(&self, key: &str) -> Option<Arc<TxnCell>> {
         self.server.get(key).map(|e| e.value().clone())
+    }
+
+    /// A summary of every live transaction (`serlua ctl tm list`).
+    pub fn list(&self, now: Instant) -> Vec<TxnInfo> {
+        let cells: Vec<Arc<TxnCell>> = self.by_id.iter().map(|e| e.value().clone()).collect();
+        cells
+            .iter()
+            .map(|c| {
+                let t = c.lock();
+                TxnInfo {
+                    id: t.id,
+                    method: t.method.to_string(),
+                    call_id: t.call_id.to_string(),
+                    uas: format!("{:?}", t.uas),
+                    status: t.uas_status,
+                    age: now.saturating_duration_since(t.created),
+                    branches: t
+                        .branches
+                        .iter()
+                        .map(|b| (b.target.dst.to_string(), format!("{:?}", b.state), b.status))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Transactions still waiting for their final reply (graceful
+    /// shutdown waits for these, not for the ones lingering in wait_timer).
+    pub fn pending(&self) -> usize {
+        let cells: Vec<Arc<TxnCell>> = self.by_id.iter().map(|e| e.value().clone()).collect();
+        cells.iter().filter(|c| c.lock().uas_status < 200).count()
     }
 
     fn lookup_id(&self, id: u64) -> Option<Arc<TxnCell>> {
@@ -515,6 +567,7 @@ pub fn t_relay(env: &Env, ctx: &mut MsgCtx, hop: Option<(Host, Option<u16>)>) ->
     let txn = Txn {
         id,
         key: key.clone(),
+        call_id: ctx.msg.call_id().into(),
         method: method.clone(),
         request: Some(Box::new(ctx.msg.clone())),
         origin,
@@ -804,7 +857,7 @@ fn run_reply_route(
     t.flags = ctx.flags;
     t.avps = ctx.avps;
     if let RunOutcome::Error(e) = outcome {
-        Stats::inc(&env.shared.stats.script_errors);
+        env.shared.script_error(&e);
         tracing::error!(call_id = %ctx.msg.call_id(), status = ctx.msg.status().unwrap_or(0), "onreply_route{key} failed: {e}");
     }
     (ctx.msg, ctx.dropped)
@@ -1012,7 +1065,7 @@ fn check_complete(env: &Env, script: &Script, cell: &Arc<TxnCell>, t: &mut Txn) 
             t.on_reply = ctx.on_reply.clone();
             t.on_failure = ctx.on_failure.clone();
             if let RunOutcome::Error(e) = outcome {
-                Stats::inc(&env.shared.stats.script_errors);
+                env.shared.script_error(&e);
                 tracing::error!(call_id = %ctx.msg.call_id(), "failure_route{route} failed: {e}");
             }
             if let Some((code, reason)) = ctx.failure_reply.take() {

@@ -222,7 +222,11 @@ impl Binding {
             contact: self.contact().to_string(),
             received: self.received().map(str::to_string),
             path: self.path().map(str::to_string),
-            expires: if self.expires == PERMANENT { crate::db::permanent_expires() } else { to_datetime(self.expires) },
+            expires: if self.expires == PERMANENT {
+                crate::db::permanent_expires()
+            } else {
+                to_datetime(self.expires)
+            },
             q: self.q,
             callid: self.callid().to_string(),
             cseq: self.cseq as i32,
@@ -251,7 +255,11 @@ impl Binding {
         });
         // Permanent aliases and contacts (Kamailio's epoch "expires=0", or
         // the far date serlua writes) never expire.
-        b.expires = if crate::db::is_permanent(r.expires) { PERMANENT } else { from_datetime(r.expires) };
+        b.expires = if crate::db::is_permanent(r.expires) {
+            PERMANENT
+        } else {
+            from_datetime(r.expires)
+        };
         b.q = r.q;
         b.cseq = r.cseq.max(0) as u32;
         b.last_modified = from_datetime(r.last_modified);

@@ -74,6 +74,7 @@ impl Worker {
     fn on_request(&mut self, mut msg: SipMessage, inc: Incoming) {
         let env = &*self.env;
         Stats::inc(&env.shared.stats.rcv_requests);
+        Stats::inc(&env.shared.stats.rcv_by_method[crate::core::method_slot(msg.cseq().method.as_str().as_bytes())]);
         let span = tracing::info_span!("req", call_id = %msg.call_id(), method = %msg.cseq().method, src = %inc.src);
         let _enter = span.enter();
         stamp_received(&mut msg, inc.src);
@@ -101,7 +102,8 @@ impl Worker {
             return;
         }
         let initial = ctx.msg.to().tag().is_none() && !matches!(ctx.msg.method(), Some(Method::Ack | Method::Cancel));
-        if initial && (env.overloaded.get() || env.shared.tm.len() >= env.shared.cfg.tm.max_transactions) {
+        let draining = env.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+        if initial && (draining || env.overloaded.get() || env.shared.tm.len() >= env.shared.cfg.tm.max_transactions) {
             Stats::inc(&env.shared.stats.overload_503);
             sl::send_reply(env, &mut ctx, 503, "Service Unavailable", &[(HeaderName::RetryAfter, b"5")]);
             return;
@@ -109,7 +111,7 @@ impl Worker {
         let is_ack = ctx.msg.method() == Some(&Method::Ack);
         let (mut ctx, outcome) = self.script.run_main(ctx);
         if let RunOutcome::Error(e) = outcome {
-            Stats::inc(&env.shared.stats.script_errors);
+            env.shared.script_error(&e);
             tracing::error!("route.main failed: {e}");
             if !ctx.replied && !ctx.relayed && !is_ack {
                 sl::send_reply(env, &mut ctx, 500, "Server Internal Error", &[]);
@@ -122,6 +124,9 @@ impl Worker {
     fn on_response(&mut self, msg: SipMessage, inc: Incoming) {
         let env = &*self.env;
         Stats::inc(&env.shared.stats.rcv_replies);
+        if let Some(class) = msg.status().map(|s| (s / 100) as usize).filter(|c| (1..=6).contains(c)) {
+            Stats::inc(&env.shared.stats.rcv_by_class[class - 1]);
+        }
         let span = tracing::info_span!("rpl", call_id = %msg.call_id(), status = msg.status().unwrap_or(0), src = %inc.src);
         let _enter = span.enter();
         if tm::on_reply(env, &self.script, msg.clone(), inc.src, inc.local) {

@@ -36,7 +36,10 @@ struct Proxy {
 impl Proxy {
     fn start(url: &str) -> Proxy {
         let now = Instant::now();
-        let ov = Overrides { db: Some(url.to_string()), ..Default::default() };
+        let ov = Overrides {
+            db: Some(url.to_string()),
+            ..Default::default()
+        };
         let (cfg, src) = script_config(Path::new("p.lua"), Some(SCRIPT.into()), &ov, now).expect("config");
         let shared = Arc::new(Shared::new(cfg));
         let db = serlua::persist::start(shared.clone()).expect("database loads");
@@ -45,7 +48,16 @@ impl Proxy {
     }
 
     fn send(&mut self, text: &str) -> SipMessage {
-        self.w.handle(Instant::now(), Incoming { local: 0, proto: Proto::Udp, src: "127.0.0.1:5090".parse().unwrap(), conn: None, data: Bytes::from(text.replace('\n', "\r\n")) });
+        self.w.handle(
+            Instant::now(),
+            Incoming {
+                local: 0,
+                proto: Proto::Udp,
+                src: "127.0.0.1:5090".parse().unwrap(),
+                conn: None,
+                data: Bytes::from(text.replace('\n', "\r\n")),
+            },
+        );
         let out = self.w.take_transmits();
         assert_eq!(out.len(), 1);
         SipMessage::parse(out[0].data.clone()).unwrap()
@@ -59,11 +71,15 @@ impl Proxy {
 }
 
 fn register(user: &str, cseq: u32, expires: u32) -> String {
-    format!("REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-{user}-{cseq}\nFrom: <sip:{user}@example.com>;tag=1\nTo: <sip:{user}@example.com>\nCall-ID: reg-{user}\nCSeq: {cseq} REGISTER\nContact: <sip:{user}@127.0.0.1:5090>\nExpires: {expires}\nContent-Length: 0\n\n")
+    format!(
+        "REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-{user}-{cseq}\nFrom: <sip:{user}@example.com>;tag=1\nTo: <sip:{user}@example.com>\nCall-ID: reg-{user}\nCSeq: {cseq} REGISTER\nContact: <sip:{user}@127.0.0.1:5090>\nExpires: {expires}\nContent-Length: 0\n\n"
+    )
 }
 
 fn options(user: &str) -> String {
-    format!("OPTIONS sip:{user}@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-o-{user}\nFrom: <sip:x@example.com>;tag=1\nTo: <sip:{user}@example.com>\nCall-ID: opt-{user}\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")
+    format!(
+        "OPTIONS sip:{user}@example.com SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-o-{user}\nFrom: <sip:x@example.com>;tag=1\nTo: <sip:{user}@example.com>\nCall-ID: opt-{user}\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n"
+    )
 }
 
 fn rows(url: &str) -> Vec<serlua::db::BindingRow> {

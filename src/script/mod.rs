@@ -63,6 +63,18 @@ pub struct Header {
     pub db_url: Option<String>,
     /// `table_refresh`: seconds between reloads of subscribers, domains, trusted.
     pub table_refresh: Option<u64>,
+    /// `ctl_socket`: path of the control socket.
+    pub ctl_socket: Option<String>,
+    /// `http_listen`: address of the metrics and status page listener.
+    pub http_listen: Option<String>,
+    /// `shutdown_timeout`: seconds SIGTERM waits for transactions to finish.
+    pub shutdown_timeout: Option<u64>,
+    /// `fork`: run in the background (ser.cfg's `fork=yes`).
+    pub fork: Option<bool>,
+    /// `log_stderror`: log to stderr (true) or to syslog (false).
+    pub log_stderror: Option<bool>,
+    /// `pid_file`: where a forked proxy writes its process id.
+    pub pid_file: Option<String>,
 }
 
 /// Every primitive of every module: the static checker and the runtime
@@ -263,11 +275,13 @@ impl Script {
 
     fn run_fn(&self, f: &Function, ctx: MsgCtx) -> (MsgCtx, RunOutcome) {
         self.env.set_ctx(ctx);
-        self.started.set(Some(Instant::now()));
+        let t0 = Instant::now();
+        self.started.set(Some(t0));
         IN_ROUTE.with(|c| c.set(true));
         let r = f.call::<()>(());
         IN_ROUTE.with(|c| c.set(false));
         self.started.set(None);
+        self.env.shared.stats.route_time.observe(t0.elapsed());
         let ctx = match self.env.take_ctx() {
             Some(c) => c,
             // with_ctx never removes the context; this is unreachable in practice.
@@ -420,6 +434,20 @@ fn read_header(lua: &Lua, name: &str, params: ModParams) -> Result<Header, LoadE
             _ => Err(bad(key, "must be an integer")),
         }
     };
+    // ser.cfg writes `fork=yes`; Lua scripts write `fork = true` or "yes".
+    let boolean = |key: &str| -> Result<Option<bool>, LoadError> {
+        match g.raw_get::<Value>(key) {
+            Ok(Value::Nil) => Ok(None),
+            Ok(Value::Boolean(b)) => Ok(Some(b)),
+            Ok(Value::Integer(i)) => Ok(Some(i != 0)),
+            Ok(Value::String(s)) => match s.to_string_lossy().to_ascii_lowercase().as_str() {
+                "yes" | "true" | "on" | "1" => Ok(Some(true)),
+                "no" | "false" | "off" | "0" => Ok(Some(false)),
+                _ => Err(bad(key, "must be true/false (or yes/no)")),
+            },
+            _ => Err(bad(key, "must be true/false (or yes/no)")),
+        }
+    };
     let port = match int("port")? {
         None => None,
         Some(p) if (1..=65535).contains(&p) => Some(p as u16),
@@ -449,6 +477,16 @@ fn read_header(lua: &Lua, name: &str, params: ModParams) -> Result<Header, LoadE
             Some(t) if (0..=86400).contains(&t) => Some(t as u64),
             Some(_) => return Err(bad("table_refresh", "must be 0..86400 seconds")),
         },
+        ctl_socket: strings("ctl_socket")?.into_iter().next(),
+        http_listen: strings("http_listen")?.into_iter().next(),
+        shutdown_timeout: match int("shutdown_timeout")? {
+            None => None,
+            Some(t) if (0..=3600).contains(&t) => Some(t as u64),
+            Some(_) => return Err(bad("shutdown_timeout", "must be 0..3600 seconds")),
+        },
+        fork: boolean("fork")?,
+        log_stderror: boolean("log_stderror")?,
+        pid_file: strings("pid_file")?.into_iter().next(),
     })
 }
 

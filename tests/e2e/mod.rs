@@ -470,7 +470,7 @@ impl Proxy {
         cmd.current_dir(ROOT).arg("run").arg(opts.script).args(opts.args);
         // Each proxy gets its own database, not the checkout's serlua.db:
         // tests run in parallel.
-        if !opts.args.iter().any(|a| *a == "--db") && !opts.env.iter().any(|(k, _)| *k == "SERLUA_DB_URL") {
+        if !opts.args.contains(&"--db") && !opts.env.iter().any(|(k, _)| *k == "SERLUA_DB_URL") {
             cmd.arg("--db").arg(format!("sqlite://{}", ctx.path("serlua.db").display()));
         }
         cmd.env("SERLUA_LISTEN", &listen)
