@@ -677,3 +677,47 @@ fn a_late_final_reply_from_a_timed_out_branch_is_acked() {
     assert_eq!(ack.msg.top_via().branch(), fwd.top_via().branch());
     assert!(ack.msg.to().tag().is_some());
 }
+
+const RELOAD_V1: &str = r#"
+listen = "udp:127.0.0.1:5060"
+function route.main()
+  t_on_reply("1")
+  rewritehostport("127.0.0.1:5070")
+  t_relay()
+end
+onreply_route[1] = function() append_hf("X-Script: one\r\n") end
+"#;
+
+/// The documented reload rule: a reply route armed before a reload runs
+/// the route of the same name in the new script.
+#[test]
+fn after_a_reload_armed_reply_routes_run_in_the_new_script() {
+    let mut n = Net::new(RELOAD_V1);
+    n.recv(UAC, &invite("bob", "z9hG4bK-r1"));
+    let fwd = n.sent().remove(1).msg;
+    let v2 = RELOAD_V1.replace("X-Script: one", "X-Script: two");
+    let (s, _) = serlua::script::Script::load_source(Path::new("v2.lua"), v2, n.w.env.clone()).expect("loads");
+    n.w.script = s;
+    n.recv(UAS, &reply_to(&fwd, 180, "Ringing", Some("t1")));
+    let r = only(n.sent());
+    assert_eq!(r.msg.header(&HeaderName::from_text("X-Script")).as_deref(), Some(&b"two"[..]));
+}
+
+/// ... and when the new script no longer has that route, the reply is
+/// relayed without it and the error is counted.
+#[test]
+fn after_a_reload_a_vanished_reply_route_is_an_error_not_a_lost_reply() {
+    let mut n = Net::new(RELOAD_V1);
+    n.recv(UAC, &invite("bob", "z9hG4bK-r2"));
+    let fwd = n.sent().remove(1).msg;
+    let v2 = RELOAD_V1
+        .replace("onreply_route[1] = function() append_hf(\"X-Script: one\\r\\n\") end", "")
+        .replace("t_on_reply(\"1\")", "");
+    let (s, _) = serlua::script::Script::load_source(Path::new("v2.lua"), v2, n.w.env.clone()).expect("loads");
+    n.w.script = s;
+    n.recv(UAS, &reply_to(&fwd, 180, "Ringing", Some("t2")));
+    let r = only(n.sent());
+    assert_eq!(r.msg.status(), Some(180), "relayed anyway");
+    assert!(!r.msg.has_header(&HeaderName::from_text("X-Script")));
+    assert_eq!(n.w.env.shared.stats.script_errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
