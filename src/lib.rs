@@ -13,6 +13,7 @@ pub mod core_fns;
 pub mod ctl;
 pub mod db;
 pub mod domain;
+pub mod http;
 pub mod logging;
 pub mod maxfwd;
 pub mod permissions;
