@@ -142,11 +142,11 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
     }
     let control = Arc::new(control);
     let ctl_path = shared.cfg.ctl_socket.clone();
-    // WIRE-CTL let _ctl = crate::ctl::spawn(control.clone(), &ctl_path).with_context(|| format!("control socket {}", ctl_path.display()))?;
-    // WIRE-HTTP if let Some(addr) = shared.cfg.http_listen {
-    // WIRE-HTTP     crate::http::spawn(control.clone(), addr).with_context(|| format!("http_listen {addr}"))?;
-    // WIRE-HTTP     tracing::info!("metrics and status page on http://{addr}/");
-    // WIRE-HTTP }
+    let _ctl = crate::ctl::spawn(control.clone(), &ctl_path).with_context(|| format!("control socket {}", ctl_path.display()))?;
+    if let Some(addr) = shared.cfg.http_listen {
+        crate::http::spawn(control.clone(), addr).with_context(|| format!("http_listen {addr}"))?;
+        tracing::info!("metrics and status page on http://{addr}/");
+    }
 
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -192,8 +192,7 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
         }
     }
     db.stop(Duration::from_secs(5));
-    // WIRE-CTL crate::ctl::remove(&ctl_path);
-    let _ = &ctl_path;
+    crate::ctl::remove(&ctl_path);
     tracing::info!("stopped");
     Ok(())
 }

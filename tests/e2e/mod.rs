@@ -473,6 +473,10 @@ impl Proxy {
         if !opts.args.contains(&"--db") && !opts.env.iter().any(|(k, _)| *k == "SERLUA_DB_URL") {
             cmd.arg("--db").arg(format!("sqlite://{}", ctx.path("serlua.db").display()));
         }
+        // ... and its own control socket.
+        if !opts.args.contains(&"--ctl") {
+            cmd.arg("--ctl").arg(ctx.path(&format!("{}.ctl", opts.label)));
+        }
         cmd.env("SERLUA_LISTEN", &listen)
             .env("SERLUA_NEXT_HOP", opts.next_hop.to_string())
             .envs(opts.env.iter().copied())
