@@ -1035,10 +1035,10 @@ fn format_q(q: f64) -> String {
     s.strip_suffix('.').map(|i| format!("{i}.0")).unwrap_or_else(|| s.to_string())
 }
 
-/// `ul show`: the columns of `serlua ul show`.
+/// `ul show`: the columns of `serlua ul show`, sorted by AOR and contact.
 fn format_bindings(v: &Value) -> String {
     let now = chrono::Utc::now();
-    let rows: Vec<Vec<String>> = v
+    let mut rows: Vec<Vec<String>> = v
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -1070,6 +1070,7 @@ fn format_bindings(v: &Value) -> String {
             ]
         })
         .collect();
+    rows.sort();
     crate::admin::table(
         &[
             "AOR",
@@ -1088,14 +1089,14 @@ fn format_bindings(v: &Value) -> String {
 }
 
 /// `tm list`: id, method, Call-ID, state (with the last status sent
-/// upstream), age, and each branch's destination, state and status.
+/// upstream), age, and each branch's destination, state and status;
+/// oldest first.
 fn format_transactions(v: &Value) -> String {
     let status = |x: &Value| x.get("status").and_then(Value::as_u64).filter(|s| *s != 0);
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
+    let mut list: Vec<&Value> = v.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    list.sort_by_key(|t| t.get("id").and_then(Value::as_u64).unwrap_or(0));
+    let rows: Vec<Vec<String>> = list
+        .into_iter()
         .map(|t| {
             let state = match status(t) {
                 Some(s) => format!("{} {s}", str_of(t, "state")),

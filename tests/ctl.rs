@@ -726,6 +726,13 @@ fn serlua_ctl_client() {
         assert!(header.contains(col), "{header}");
     }
     assert_eq!(lines.clone().count(), 3, "{out}");
+    // Sorted by AOR, then contact.
+    let contacts: Vec<&str> = lines.clone().map(|l| l.split_whitespace().nth(1).unwrap()).collect();
+    assert_eq!(
+        contacts,
+        ["sip:alice@127.0.0.1:5091", "sip:alice@127.0.0.1:5092", "sip:bob@127.0.0.1:5093"],
+        "{out}"
+    );
     let alice = lines.find(|l| l.contains("sip:alice@127.0.0.1:5092")).unwrap();
     assert!(alice.starts_with("alice@example.com "), "{alice}");
     assert!(alice.contains("ctl-test") && alice.contains(" s "), "{alice}");
