@@ -723,6 +723,43 @@ fn ctl_against_live_proxy() {
 // ---------------------------------------------------------------------------
 // 4. the socket file
 
+/// `serlua run tests/scripts/reload.lua` listening on UDP 127.0.0.1:`port`
+/// without `--ctl` (the harness's Proxy::start always passes one), so the
+/// script's `ctl_socket` decides where the socket goes; ready once the
+/// port is bound and the socket at `sock` answers.
+fn start_without_ctl_flag(ctx: &Ctx, label: &str, port: u16, env: &[(&str, &str)], sock: &Path) -> Proxy {
+    let stderr = ctx.path(&format!("{label}.stderr.log"));
+    let db = format!("sqlite://{}", ctx.path("serlua.db").display());
+    let mut cmd = std::process::Command::new(harness::SERLUA);
+    cmd.current_dir(harness::ROOT)
+        .args(["run", RELOAD_SCRIPT, "--db", &db])
+        .env("SERLUA_LISTEN", format!("udp:127.0.0.1:{port}"))
+        .env("SERLUA_NEXT_HOP", "127.0.0.1:9")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("create the stderr log"));
+    ctx.note(format!("{label}: {env:?} serlua run {RELOAD_SCRIPT} --db {db} (no --ctl)"));
+    ctx.add_log(&format!("{label} stderr"), stderr.clone());
+    let child = harness::ChildGuard::spawn(label, &mut cmd).unwrap_or_else(|e| ctx.fail(&format!("cannot start serlua: {e}")));
+    let mut proxy = Proxy {
+        addr: local(port),
+        stderr,
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(harness::udp_port_in_use(port) && std::os::unix::net::UnixStream::connect(sock).is_ok()) {
+        proxy.ensure_alive(ctx);
+        ctx.ensure(Instant::now() < deadline, || {
+            format!("{label}: no socket at {} within 20 s", sock.display())
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy
+}
+
 /// The script's `ctl_socket` (SERLUA_CTL in reload.lua) places the socket,
 /// mode 0600; `serlua ctl` finds it by default in its working directory; a
 /// second proxy with the same path refuses to start and the first keeps
@@ -735,12 +772,7 @@ fn socket_file_lifecycle() {
     let sock_s = sock.display().to_string();
     let env = [("SERLUA_CTL", sock_s.as_str())];
     let port = free_udp_port();
-    let listen = format!("udp:127.0.0.1:{port}");
-    let mut o = ProxyOpts::relay(local(9))
-        .script(RELOAD_SCRIPT)
-        .env(&env)
-        .listen(&listen, local(port));
-    let mut proxy = Proxy::start(&ctx, o);
+    let mut proxy = start_without_ctl_flag(&ctx, "serlua", port, &env, &sock);
     ctx.ensure(socket_mode(&sock) == Some(0o600), || {
         format!("socket mode {:?}", socket_mode(&sock).map(|m| format!("{m:o}")))
     });
@@ -789,12 +821,7 @@ fn socket_file_lifecycle() {
     ctx.ensure(code(&out) == Some(1) && out.stderr.contains("is serlua running?"), || {
         format!("ctl against a dead proxy: {} {}", describe_status(out.status), out.stderr)
     });
-    o = ProxyOpts::relay(local(9))
-        .script(RELOAD_SCRIPT)
-        .env(&env)
-        .listen(&listen, local(port));
-    o.label = "serlua-after-kill";
-    let mut proxy = Proxy::start(&ctx, o);
+    let mut proxy = start_without_ctl_flag(&ctx, "serlua-after-kill", port, &env, &sock);
     ctx.ensure(socket_mode(&sock) == Some(0o600), || "no socket after the restart".into());
     ctl_json(&ctx, &sock, "answers-after-kill", &["stats"]);
     stop_cleanly(&ctx, &mut proxy);
