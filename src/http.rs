@@ -522,11 +522,10 @@ impl Collector for Metrics {
 // ---------------------------------------------------------------------------
 // /api/status
 
-fn unix_now() -> i64 {
+fn unix_now() -> std::time::Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 fn take_first(v: Value, n: usize) -> (Vec<Value>, usize) {
@@ -541,25 +540,31 @@ fn take_first(v: Value, n: usize) -> (Vec<Value>, usize) {
 }
 
 /// The data of `/api/status` (and of the page): `version`, `time` (unix
-/// seconds), `stats` (as `serlua ctl stats`), `registrations` (`total`,
-/// `shown`: the first [`REGISTRATIONS_SHOWN`] bindings of `ul show`),
-/// `calls` (`transactions`: live INVITE transactions of `tm list`;
-/// `sessions`: media relay sessions; each with its `_total`), `health`
-/// (`workers` with their queue bytes, `transactions_active`,
+/// seconds) and `time_ms` (unix milliseconds), `stats` (as `serlua ctl
+/// stats`), `registrations` (`total`, `shown`: the first
+/// [`REGISTRATIONS_SHOWN`] bindings of `ul show`, by AOR),
+/// `calls` (`transactions`: live INVITE transactions of `tm list`, newest
+/// first; `sessions`: media relay sessions; each with its `_total`),
+/// `health` (`workers` with their queue bytes, `transactions_active`,
 /// `database_queue`, `draining`, `overload_503`), `errors` (recent script
 /// errors, newest last).
 pub fn status(control: &Control) -> Value {
     let stats = control.stats();
-    let (regs, regs_total) = take_first(control.ul_show(None), REGISTRATIONS_SHOWN);
-    let invites: Vec<Value> = match control.tm_list() {
+    let (mut regs, regs_total) = take_first(control.ul_show(None), REGISTRATIONS_SHOWN);
+    regs.sort_by(|a, b| a["aor"].as_str().cmp(&b["aor"].as_str()));
+    let now = unix_now();
+    let mut invites: Vec<Value> = match control.tm_list() {
         Value::Array(a) => a.into_iter().filter(|t| t["method"] == "INVITE").collect(),
         _ => Vec::new(),
     };
+    // Newest first: with more than CALLS_SHOWN, the ones just placed show.
+    invites.sort_by_key(|t| t["age_ms"].as_u64().unwrap_or(0));
     let (invites, invites_total) = take_first(Value::Array(invites), CALLS_SHOWN);
     let (sessions, sessions_total) = take_first(control.sessions(), CALLS_SHOWN);
     json!({
         "version": control.version(),
-        "time": unix_now(),
+        "time": now.as_secs(),
+        "time_ms": now.as_millis() as u64,
         "registrations": { "total": regs_total, "shown": regs, "limit": REGISTRATIONS_SHOWN },
         "calls": { "transactions": invites, "transactions_total": invites_total, "sessions": sessions, "sessions_total": sessions_total, "limit": CALLS_SHOWN },
         "health": {
@@ -614,7 +619,9 @@ h3 { margin: 12px 0 6px; font-size: 13px; color: var(--muted); }
 .card.bad .v { color: var(--bad); }
 .two { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 @media (max-width: 900px) { .two { grid-template-columns: 1fr; } }
+.scroll { max-height: 380px; overflow-y: auto; }
 table { border-collapse: collapse; width: 100%; }
+thead th { position: sticky; top: 0; background: var(--card); }
 th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; }
 td { font-variant-numeric: tabular-nums; }
@@ -648,6 +655,7 @@ const SCRIPT: &str = r#"
     while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
     return (i ? n.toFixed(1) : String(n)) + " " + u[i];
   }
+  const age = (ms) => (typeof ms === "number" && ms < 60000 ? (ms / 1000).toFixed(1) + "s" : dur(ms / 1000));
   const when = (t) => (typeof t === "number" ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : DASH);
   const pb = (p, b) => (p === undefined && b === undefined ? DASH : show(p) + " / " + bytes(b));
   const get = (o, ...keys) => { for (const k of keys) if (o && o[k] !== undefined && o[k] !== null) return o[k]; return undefined; };
@@ -676,16 +684,16 @@ const SCRIPT: &str = r#"
   let last = null;
   function cards(st) {
     const s = st.stats, e = s.errors || {};
-    const reqs = num(s.received && s.received.requests);
-    if (last && st.time > last.time) rate = ((reqs - last.reqs) / (st.time - last.time)).toFixed(1);
-    else if (last && last.rate) rate = last.rate;
-    last = { time: st.time, reqs: reqs, rate: rate };
+    const reqs = num(s.received && s.received.requests), now = st.time_ms / 1000;
+    let rate = last ? last.rate : DASH;
+    if (last && now - last.t >= 0.5) rate = Math.max(0, (reqs - last.reqs) / (now - last.t)).toFixed(1);
+    if (!last || now - last.t >= 0.5) last = { t: now, reqs: reqs, rate: rate };
     const list = [
       ["Uptime", dur(st.version.uptime_seconds)],
       ["Requests in", reqs],
       ["Replies in", num(s.received && s.received.replies)],
       ["Requests/s", rate],
-      ["Live calls", st.calls.transactions_total + st.calls.sessions_total],
+      ["Call setups", st.calls.transactions_total],
       ["Transactions", s.transactions],
       ["Registrations", st.registrations.total],
       ["Subscribers", s.registrations && s.registrations.subscribers],
@@ -721,7 +729,7 @@ const SCRIPT: &str = r#"
     fill("calls", calls.transactions.map((t) => [
       [t.call_id, "mono"], get(t, "from", "caller"), get(t, "to", "callee"), t.state, [t.status || DASH, "num"],
       (t.branches || []).map((b) => b.dst + " " + b.state + (b.status ? " " + b.status : "")).join(", "),
-      [dur(t.age_ms / 1000), "num"],
+      [age(t.age_ms), "num"],
     ]), "no INVITE transaction in progress");
 
     setText("n-sessions", "(" + calls.sessions_total + ")");
@@ -838,6 +846,14 @@ fn dur(s: Option<f64>) -> String {
     }
 }
 
+/// A transaction's age: tenths of seconds under a minute.
+fn age(ms: &Value) -> String {
+    match ms.as_f64() {
+        Some(ms) if ms < 60000.0 => format!("{:.1}s", ms / 1000.0),
+        other => dur(other.map(|ms| ms / 1000.0)),
+    }
+}
+
 fn bytes(v: &Value) -> String {
     let Some(n) = v.as_f64() else { return DASH.into() };
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -873,7 +889,7 @@ fn num(v: &Value) -> u64 {
 }
 
 fn table(out: &mut String, id: &str, heads: &[(&str, bool)], rows: Vec<Vec<Cell>>, empty: &str) {
-    let _ = write!(out, "<table id=\"{id}\"><thead><tr>");
+    let _ = write!(out, "<div class=\"scroll\"><table id=\"{id}\"><thead><tr>");
     for (h, numeric) in heads {
         let _ = write!(out, "<th{}>{}</th>", if *numeric { " class=\"num\"" } else { "" }, escape_html(h));
     }
@@ -897,7 +913,7 @@ fn table(out: &mut String, id: &str, heads: &[(&str, bool)], rows: Vec<Vec<Cell>
         }
         out.push_str("</tr>");
     }
-    out.push_str("</tbody></table>");
+    out.push_str("</tbody></table></div>");
 }
 
 fn c(s: impl Into<String>) -> Cell {
@@ -937,11 +953,7 @@ pub fn status_page(st: &Value) -> String {
         ("Requests in", num(&s["received"]["requests"]).to_string(), false),
         ("Replies in", num(&s["received"]["replies"]).to_string(), false),
         ("Requests/s", DASH.into(), false),
-        (
-            "Live calls",
-            (num(&calls["transactions_total"]) + num(&calls["sessions_total"])).to_string(),
-            false,
-        ),
+        ("Call setups", show(&calls["transactions_total"]), false),
         ("Transactions", show(&s["transactions"]), false),
         ("Registrations", show(&regs["total"]), false),
         ("Subscribers", show(&s["registrations"]["subscribers"]), false),
@@ -976,7 +988,7 @@ pub fn status_page(st: &Value) -> String {
     };
     let _ = write!(
         o,
-        "<section><h2>Live calls <span class=\"n\" id=\"n-calls\">({total}{more})</span></h2>"
+        "<section><h2>Live calls</h2><h3>INVITE transactions: ringing, or answered moments ago <span class=\"n\" id=\"n-calls\">({total}{more})</span></h3>"
     );
     let rows = txs
         .iter()
@@ -1007,7 +1019,7 @@ pub fn status_page(st: &Value) -> String {
                 c(show(&t["state"])),
                 cc(status, "num"),
                 c(if branches.is_empty() { DASH.into() } else { branches }),
-                cc(dur(t["age_ms"].as_f64().map(|ms| ms / 1000.0)), "num"),
+                cc(age(&t["age_ms"]), "num"),
             ]
         })
         .collect();

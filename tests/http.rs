@@ -514,7 +514,8 @@ fn status_json_has_every_section() {
     let st: Value = serde_json::from_str(&r.body).expect("JSON");
     assert_eq!(st["version"]["name"], "serlua");
     assert!(st["version"]["uptime_seconds"].is_u64());
-    assert!(st["time"].is_i64());
+    assert!(st["time"].is_u64());
+    assert_eq!(st["time_ms"].as_u64().unwrap() / 1000, st["time"].as_u64().unwrap());
     assert_eq!(st["stats"]["received"]["requests_by_method"]["INVITE"], 2);
     assert_eq!(st["stats"]["errors"]["script"], 1);
     // Registrations: the total and the bindings shown.
@@ -531,6 +532,8 @@ fn status_json_has_every_section() {
     assert_eq!(ringing["status"], 180);
     assert_eq!(ringing["branches"][0]["dst"], UAS);
     assert_eq!(st["calls"]["transactions_total"], txs.len());
+    let ages: Vec<u64> = txs.iter().map(|t| t["age_ms"].as_u64().unwrap()).collect();
+    assert!(ages.windows(2).all(|w| w[0] <= w[1]), "newest first: {ages:?}");
     assert_eq!(st["calls"]["sessions"], serde_json::json!([]));
     assert_eq!(st["calls"]["sessions_total"], 0);
     // Health.
