@@ -457,6 +457,7 @@ pub struct Env {
     pub worker: usize,
     now: Cell<Instant>,
     out: RefCell<Vec<Transmit>>,
+    sink: RefCell<Option<Box<dyn Fn(Transmit)>>>,
     pub(crate) timers: RefCell<TimerHeap<Timer>>,
     ctx: RefCell<Option<MsgCtx>>,
     regexes: RefCell<HashMap<String, Regex>>,
@@ -474,6 +475,7 @@ impl Env {
             worker,
             now: Cell::new(now),
             out: RefCell::new(Vec::new()),
+            sink: RefCell::new(None),
             timers: RefCell::new(TimerHeap::default()),
             ctx: RefCell::new(None),
             regexes: RefCell::new(HashMap::new()),
@@ -506,7 +508,20 @@ impl Env {
     /// Queues bytes for sending.
     pub fn send(&self, t: Transmit) {
         self.shared.stats.count_sent(&t.data);
-        self.out.borrow_mut().push(t);
+        match &*self.sink.borrow() {
+            Some(sink) => sink(t),
+            None => self.out.borrow_mut().push(t),
+        }
+    }
+
+    /// Makes every send go out at once through `sink` (the live server)
+    /// instead of being queued for [`Env::take_transmits`] (tests). Sending
+    /// at the point of the call keeps the wire order equal to the order in
+    /// which workers act on a transaction under its lock: a retransmitted
+    /// provisional reply can never overtake the final reply another worker
+    /// forwards right after it.
+    pub fn set_sink(&self, sink: Box<dyn Fn(Transmit)>) {
+        *self.sink.borrow_mut() = Some(sink);
     }
 
     /// Sends `data` to a resolved target.

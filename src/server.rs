@@ -51,6 +51,31 @@ type Acceptor = (Vec<(SocketId, std::net::TcpListener)>, Vec<mpsc::UnboundedSend
 /// Runs the proxy until a signal stops it.
 pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) -> anyhow::Result<()> {
     let children = shared.cfg.children.max(1);
+    // The control plane comes first: a second proxy started in the same
+    // place fails here, before it touches the database or the SIP ports.
+    let mut ctl_txs = Vec::new();
+    let mut ctl_rxs = Vec::new();
+    for _ in 0..children {
+        let (tx, rx) = mpsc::unbounded_channel::<WorkerCtl>();
+        ctl_txs.push(tx);
+        ctl_rxs.push(Some(rx));
+    }
+    let db_reload: Arc<std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>> = Arc::new(std::sync::OnceLock::new());
+    let dbr = db_reload.clone();
+    let mut control = Control::new(shared.clone(), script.clone())
+        .with_reload(reloader(script.clone(), ctl_txs))
+        .with_reload_tables(Box::new(move || {
+            if let Some(f) = dbr.get() {
+                f();
+            }
+        }));
+    if let Some(f) = log_level {
+        control = control.with_log_level(f);
+    }
+    let control = Arc::new(control);
+    let ctl_path = shared.cfg.ctl_socket.clone();
+    // Dropped on every way out of run(): the socket file goes with it.
+    let _ctl = crate::ctl::start(control.clone(), &ctl_path)?;
     let mut udp_sockets: Vec<Vec<(SocketId, std::net::UdpSocket)>> = (0..children).map(|_| Vec::new()).collect();
     let mut tcp_listeners = Vec::new();
     for s in &shared.sockets {
@@ -73,6 +98,7 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
     }
     // The tables (and every binding) are in memory before the first message.
     let db = crate::persist::start(shared.clone())?;
+    let _ = db_reload.set(Box::new(db.reloader()));
     let tcp = TcpManager::new(shared.cfg.tcp_max_msg, shared.cfg.tcp_idle);
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let mut tcp_txs = Vec::new();
@@ -84,7 +110,6 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
-    let mut ctl_txs = Vec::new();
     let mut listeners = Some(tcp_listeners);
     for (w, socks) in udp_sockets.into_iter().enumerate() {
         let shared = shared.clone();
@@ -99,8 +124,7 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
         } else {
             None
         };
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<WorkerCtl>();
-        ctl_txs.push(ctl_tx);
+        let ctl_rx = ctl_rxs[w].take().ok_or_else(|| anyhow::anyhow!("worker {w} control channel"))?;
         let setup = WorkerSetup {
             w,
             shared,
@@ -134,15 +158,6 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
     }
     tracing::info!("serlua started with {children} workers");
 
-    let mut control = Control::new(shared.clone(), script.clone())
-        .with_reload(reloader(script.clone(), ctl_txs))
-        .with_reload_tables(Box::new(db.reloader()));
-    if let Some(f) = log_level {
-        control = control.with_log_level(f);
-    }
-    let control = Arc::new(control);
-    let ctl_path = shared.cfg.ctl_socket.clone();
-    let _ctl = crate::ctl::spawn(control.clone(), &ctl_path).with_context(|| format!("control socket {}", ctl_path.display()))?;
     if let Some(addr) = shared.cfg.http_listen {
         crate::http::spawn(control.clone(), addr).with_context(|| format!("http_listen {addr}"))?;
         tracing::info!("metrics and status page on http://{addr}/");
@@ -313,6 +328,15 @@ fn worker_thread(setup: WorkerSetup) {
             timer_wake: Notify::new(),
             timer_at: Cell::new(None),
         });
+        {
+            // Sends leave at the moment the core makes them (see Env::set_sink).
+            let (wk, io2) = (Rc::downgrade(&worker), io.clone());
+            worker.borrow().env.set_sink(Box::new(move |t| {
+                if let Some(wk) = wk.upgrade() {
+                    send(&wk, &io2, t);
+                }
+            }));
+        }
         for (id, sock) in io.udp.clone() {
             tokio::task::spawn_local(udp_loop(worker.clone(), io.clone(), id, sock));
         }

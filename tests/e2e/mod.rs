@@ -474,7 +474,7 @@ impl Proxy {
             cmd.arg("--db").arg(format!("sqlite://{}", ctx.path("serlua.db").display()));
         }
         // ... and its own control socket.
-        if !opts.args.contains(&"--ctl") {
+        if !opts.args.contains(&"--ctl") && !opts.env.iter().any(|(k, _)| *k == "SERLUA_CTL") {
             cmd.arg("--ctl").arg(ctx.path(&format!("{}.ctl", opts.label)));
         }
         cmd.env("SERLUA_LISTEN", &listen)
