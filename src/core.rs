@@ -448,6 +448,9 @@ pub enum Timer {
     UsrlocSweep,
 }
 
+/// Where the live server sends a [`Transmit`] at once.
+pub type Sink = Box<dyn Fn(Transmit)>;
+
 /// A per-worker environment: the clock, outgoing messages, timers and the
 /// message being routed. One per worker thread (not shared).
 pub struct Env {
@@ -457,7 +460,7 @@ pub struct Env {
     pub worker: usize,
     now: Cell<Instant>,
     out: RefCell<Vec<Transmit>>,
-    sink: RefCell<Option<Box<dyn Fn(Transmit)>>>,
+    sink: RefCell<Option<Sink>>,
     pub(crate) timers: RefCell<TimerHeap<Timer>>,
     ctx: RefCell<Option<MsgCtx>>,
     regexes: RefCell<HashMap<String, Regex>>,
@@ -520,7 +523,7 @@ impl Env {
     /// which workers act on a transaction under its lock: a retransmitted
     /// provisional reply can never overtake the final reply another worker
     /// forwards right after it.
-    pub fn set_sink(&self, sink: Box<dyn Fn(Transmit)>) {
+    pub fn set_sink(&self, sink: Sink) {
         *self.sink.borrow_mut() = Some(sink);
     }
 
