@@ -749,3 +749,17 @@ fn spawn_reports_an_address_it_cannot_bind() {
     let err = serlua::http::spawn(net.control(), taken.local_addr().unwrap()).expect_err("the port is taken");
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
 }
+
+#[test]
+fn status_of_small_tables_is_never_stale() {
+    // A status is reused for 4x the time it took to build (bounding the
+    // listener's CPU on huge tables); a small one is rebuilt each time.
+    let mut net = Net::new();
+    let addr = serve(&net);
+    for i in 0..3 {
+        net.recv(PHONE, &register(&format!("user{i}"), "phone/1.0"));
+        std::thread::sleep(Duration::from_millis(20));
+        let st: Value = serde_json::from_str(&get(addr, "/api/status").body).unwrap();
+        assert_eq!(st["registrations"]["total"], i + 1);
+    }
+}
