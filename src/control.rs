@@ -142,10 +142,22 @@ impl Control {
 
     /// `ul show [AOR]`: the bindings in memory (what lookups use).
     pub fn ul_show(&self, aor: Option<&str>) -> Value {
+        Value::Array(self.bindings_json(aor, self.shared.store.location.snapshot()))
+    }
+
+    /// At most `limit` bindings (for the status page) and the total held,
+    /// without copying the whole table.
+    pub fn ul_show_limited(&self, limit: usize) -> (Vec<Value>, usize) {
+        let mut v = self.bindings_json(None, self.shared.store.location.first_records(limit));
+        v.truncate(limit);
+        (v, self.shared.store.location.binding_count())
+    }
+
+    fn bindings_json(&self, aor: Option<&str>, records: Vec<crate::usrloc::Record>) -> Vec<Value> {
         let now = unix(SystemTime::now());
         let filter = aor.map(|a| a.trim().trim_start_matches("sip:").to_ascii_lowercase());
         let mut out = Vec::new();
-        for rec in self.shared.store.location.snapshot() {
+        for rec in records {
             let aor_text = match &rec.domain {
                 Some(d) => format!("{}@{}", rec.username, d),
                 None => rec.username.to_string(),
@@ -158,13 +170,14 @@ impl Control {
             }
             for b in rec.bindings.iter().filter(|b| b.expires > now) {
                 out.push(json!({
-                    "aor": aor_text, "contact": b.contact(), "received": b.received(), "expires_in": if b.expires == crate::usrloc::PERMANENT { Value::Null } else { json!(b.expires - now) },
+                    "aor": aor_text, "contact": b.contact(), "received": b.received(),
+                    "expires_in": if b.expires == crate::usrloc::PERMANENT { Value::Null } else { json!(b.expires - now) },
                     "q": b.q, "callid": b.callid(), "cseq": b.cseq, "flags": b.flags, "cflags": b.cflags,
                     "nat": b.cflags != 0 && b.received().is_some(), "user_agent": b.user_agent(), "socket": b.socket(), "ruid": b.ruid(),
                 }));
             }
         }
-        Value::Array(out)
+        out
     }
 
     /// `ul rm AOR`: removes every binding of the AOR (and from the
@@ -192,6 +205,7 @@ impl Control {
                 .into_iter()
                 .map(|t| {
                     json!({ "id": t.id, "method": t.method, "call_id": t.call_id, "state": t.uas, "status": t.status,
+                        "from": t.from, "to": t.to, "src": t.src,
                         "age_ms": t.age.as_millis() as u64,
                         "branches": t.branches.iter().map(|(d, s, c)| json!({ "dst": d, "state": s, "status": c })).collect::<Vec<_>>() })
                 })

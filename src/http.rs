@@ -579,7 +579,7 @@ fn take_first(v: Value, n: usize) -> (Vec<Value>, usize) {
 /// errors, newest last).
 pub fn status(control: &Control) -> Value {
     let stats = control.stats();
-    let (mut regs, regs_total) = take_first(control.ul_show(None), REGISTRATIONS_SHOWN);
+    let (mut regs, regs_total) = control.ul_show_limited(REGISTRATIONS_SHOWN);
     regs.sort_by(|a, b| a["aor"].as_str().cmp(&b["aor"].as_str()));
     let now = unix_now();
     let mut invites: Vec<Value> = match control.tm_list() {

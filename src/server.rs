@@ -160,7 +160,6 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
 
     if let Some(addr) = shared.cfg.http_listen {
         crate::http::spawn(control.clone(), addr).with_context(|| format!("http_listen {addr}"))?;
-        tracing::info!("metrics and status page on http://{addr}/");
     }
 
     let mut signals = signal_hook::iterator::Signals::new([

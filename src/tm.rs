@@ -163,6 +163,12 @@ pub struct TxnInfo {
     pub age: Duration,
     /// Each branch: destination, state, last status.
     pub branches: Vec<(String, String, u16)>,
+    /// From URI (the caller).
+    pub from: String,
+    /// To URI (the callee).
+    pub to: String,
+    /// Where the request came from.
+    pub src: String,
 }
 
 /// A proxy transaction: the request's server transaction and its branches.
@@ -175,6 +181,8 @@ pub struct Txn {
     pub method: Method,
     /// Call-ID of the request (kept after compaction, for `tm list`).
     pub call_id: Box<str>,
+    /// From and To URIs of the request (caller and callee, for `tm list`).
+    pub parties: Box<(String, String)>,
     /// The request as the script left it (upstream Vias only); dropped once
     /// the transaction is answered ([`compact`]).
     request: Option<Box<SipMessage>>,
@@ -286,6 +294,9 @@ impl Table {
                         .iter()
                         .map(|b| (b.target.dst.to_string(), format!("{:?}", b.state), b.status))
                         .collect(),
+                    from: t.parties.0.clone(),
+                    to: t.parties.1.clone(),
+                    src: t.origin.dst.to_string(),
                 }
             })
             .collect()
@@ -568,6 +579,7 @@ pub fn t_relay(env: &Env, ctx: &mut MsgCtx, hop: Option<(Host, Option<u16>)>) ->
         id,
         key: key.clone(),
         call_id: ctx.msg.call_id().into(),
+        parties: Box::new((ctx.msg.from().uri.to_string(), ctx.msg.to().uri.to_string())),
         method: method.clone(),
         request: Some(Box::new(ctx.msg.clone())),
         origin,
@@ -607,6 +619,7 @@ pub fn t_relay(env: &Env, ctx: &mut MsgCtx, hop: Option<(Host, Option<u16>)>) ->
         let trying = sl::build_reply(&ctx.msg, 100, "Trying", None, &[]);
         let bytes = trying.to_bytes();
         env.send_to(&t.origin, bytes.clone());
+        Stats::inc(&env.shared.stats.local_replies);
         t.uas_reply = Some(bytes);
         t.uas_status = 100;
     }

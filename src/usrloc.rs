@@ -449,6 +449,21 @@ impl Usrloc {
             .collect()
     }
 
+    /// Up to `limit` records, in no particular order, without copying the
+    /// whole table (the status page shows the first few).
+    pub fn first_records(&self, limit: usize) -> Vec<Record> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for rec in shard.read().values() {
+                if out.len() >= limit {
+                    return out;
+                }
+                out.push(rec.clone());
+            }
+        }
+        out
+    }
+
     /// Number of bindings held.
     pub fn binding_count(&self) -> usize {
         self.shards
