@@ -19,6 +19,7 @@ pub mod maxfwd;
 pub mod permissions;
 pub mod persist;
 pub mod registrar;
+pub mod relay;
 pub mod rr;
 pub mod script;
 pub mod server;
