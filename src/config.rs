@@ -170,6 +170,20 @@ pub const PARAMS: &[ParamDef] = &[
     param("domain", "db_url", ParamKind::Str),
     param("permissions", "db_url", ParamKind::Str),
     param("permissions", "trusted_table", ParamKind::Str),
+    param("rtpproxy", "relay", ParamKind::Str),
+    param("rtpproxy", "rtp_ports", ParamKind::Str),
+    param("rtpproxy", "rtp_bind", ParamKind::Str),
+    param("rtpproxy", "advertise", ParamKind::Str),
+    param("rtpproxy", "media_timeout", ParamKind::Int),
+    param("rtpproxy", "relay_threads", ParamKind::Int),
+    param("rtpproxy", "ng_timeout", ParamKind::Int),
+    param("mediaproxy", "relay", ParamKind::Str),
+    param("mediaproxy", "rtp_ports", ParamKind::Str),
+    param("mediaproxy", "rtp_bind", ParamKind::Str),
+    param("mediaproxy", "advertise", ParamKind::Str),
+    param("mediaproxy", "media_timeout", ParamKind::Int),
+    param("mediaproxy", "relay_threads", ParamKind::Int),
+    param("mediaproxy", "ng_timeout", ParamKind::Int),
 ];
 
 const fn param(module: &'static str, name: &'static str, kind: ParamKind) -> ParamDef {
@@ -328,6 +342,9 @@ pub struct CoreConfig {
     pub log_stderror: bool,
     /// Process id file of a forked proxy (`pid_file`, default `serlua.pid`).
     pub pid_file: std::path::PathBuf,
+    /// The media relay the script's `force_rtp_proxy`/`use_media_proxy`
+    /// drive (`modparam("rtpproxy", "relay", …)`).
+    pub relay: crate::relay::RelayChoice,
     /// Every `modparam` of the script.
     pub params: ModParams,
 }
@@ -338,6 +355,7 @@ impl CoreConfig {
         let tm = TmConfig::from_params(&params)?;
         let rr_double = params.int("rr", "enable_double_rr", 1) != 0;
         let maxfwd_limit = params.int("maxfwd", "max_limit", 256).clamp(0, 255) as u32;
+        let relay = crate::relay::RelayChoice::from_params(&params)?;
         Ok(CoreConfig {
             listen: Vec::new(),
             children: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
@@ -357,6 +375,7 @@ impl CoreConfig {
             fork: false,
             log_stderror: true,
             pid_file: "serlua.pid".into(),
+            relay,
             params,
         })
     }

@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::{Value, json};
 
 use crate::core::{METHOD_NAMES, Shared};
+use crate::relay::RelayHandle;
 
 /// Reloads the route script in every worker (SIGHUP, `ctl reload`):
 /// Ok with a summary, Err with the script's file:line error.
@@ -213,9 +214,56 @@ impl Control {
         )
     }
 
-    /// `sessions`: the live media relay sessions.
+    /// `sessions`: the live media relay sessions, as mediaproxy's
+    /// sessions listing showed them: caller, callee, duration, and per
+    /// stream the codecs, the addresses each side announced and the relay
+    /// learned (latching), and packets/bytes each way. Empty until the
+    /// script first relays media.
     pub fn sessions(&self) -> Value {
-        Value::Array(Vec::new())
+        let Some(Ok(h)) = self.shared.relay.get() else {
+            return Value::Array(Vec::new());
+        };
+        let list = match h.relay.list() {
+            Ok(l) => l,
+            Err(e) => return json!({ "error": e.to_string() }),
+        };
+        let now = std::time::SystemTime::now();
+        let addr = |l: &crate::relay::LegStats| l.latched.or(l.announced).map(|a| a.to_string());
+        Value::Array(
+            list.into_iter()
+                .map(|s| {
+                    json!({
+                        "call_id": s.call_id, "from_tag": s.from_tag, "to_tag": s.to_tag,
+                        "caller": s.caller, "callee": s.callee, "relay_name": s.relay,
+                        "started": s.created.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                        "duration_s": now.duration_since(s.created).map(|d| d.as_secs()).unwrap_or(0),
+                        "streams": s.streams.iter().map(|st| json!({
+                            "media": st.media, "codecs": st.codecs,
+                            "caller_addr": addr(&st.caller), "callee_addr": addr(&st.callee),
+                            "caller_announced": st.caller.announced.map(|a| a.to_string()),
+                            "callee_announced": st.callee.announced.map(|a| a.to_string()),
+                            "caller_latched": st.caller.latched.map(|a| a.to_string()),
+                            "callee_latched": st.callee.latched.map(|a| a.to_string()),
+                            "relay": format!("{} / {}",
+                                st.caller.relay.map(|a| a.to_string()).unwrap_or_default(),
+                                st.callee.relay.map(|a| a.to_string()).unwrap_or_default()),
+                            "caller_packets": st.caller.packets, "caller_bytes": st.caller.bytes,
+                            "callee_packets": st.callee.packets, "callee_bytes": st.callee.bytes,
+                            "caller_idle_s": st.caller.idle_s, "callee_idle_s": st.callee.idle_s,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Packets and bytes the embedded relay forwarded since start (zero
+    /// for a remote relay, which counts its own).
+    pub fn relay_totals(&self) -> (u64, u64) {
+        match self.shared.relay.get() {
+            Some(Ok(RelayHandle { engine: Some(e), .. })) => e.totals(),
+            _ => (0, 0),
+        }
     }
 
     /// `log-level LEVEL`: changes what is logged, at once.

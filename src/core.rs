@@ -165,12 +165,35 @@ pub struct Shared {
     /// Set on SIGTERM: new requests are refused with 503 while the
     /// transactions in flight finish.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The media relay, started on first use (`force_rtp_proxy`,
+    /// `use_media_proxy`); the error when it could not start.
+    pub relay: std::sync::OnceLock<Result<crate::relay::RelayHandle, String>>,
 }
 
 /// How many script errors the status page keeps.
 const RECENT_ERRORS: usize = 20;
 
 impl Shared {
+    /// The media relay, started the first time it is needed (a proxy that
+    /// relays no media opens no ports and starts no threads).
+    pub fn relay(&self) -> Result<&crate::relay::RelayHandle, &str> {
+        self.relay
+            .get_or_init(|| {
+                let r = self
+                    .cfg
+                    .relay
+                    .start(&self.sockets)
+                    .map(|(relay, engine)| RelayHandle { relay, engine });
+                match &r {
+                    Ok(h) => tracing::info!("media relay: {}", h.relay.name()),
+                    Err(e) => tracing::error!("media relay cannot start: {e}"),
+                }
+                r
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
     /// Counts a script error and remembers it for the status page.
     pub fn script_error(&self, text: &str) {
         Stats::inc(&self.stats.script_errors);
@@ -221,6 +244,7 @@ impl Shared {
             recent_errors: Default::default(),
             queue_bytes: (0..children).map(|_| AtomicU64::new(0)).collect(),
             draining: Default::default(),
+            relay: Default::default(),
         }
     }
 
@@ -396,6 +420,9 @@ pub struct MsgCtx {
     pub failure_reply: Option<(u16, String)>,
     /// Digest authentication state of this request (auth module).
     pub auth: crate::auth::AuthState,
+    /// The SDP was already rewritten to the media relay (a second
+    /// `use_media_proxy()` on the message does nothing).
+    pub media_done: bool,
 }
 
 impl MsgCtx {
@@ -424,6 +451,7 @@ impl MsgCtx {
             failure_relay: false,
             failure_reply: None,
             auth: Default::default(),
+            media_done: false,
         }
     }
 

@@ -887,6 +887,7 @@ pub fn format(cmd: &str, args: &[String], v: &Value) -> String {
             format!("removed {n} binding{} of {aor}\n", if n == 1 { "" } else { "s" })
         }
         "tm list" => format_transactions(v),
+        "sessions" => format_sessions(v),
         "stats" => format_sections(v, STATS_ORDER),
         "errors" => format_errors(v),
         _ => match v {
@@ -896,6 +897,75 @@ pub fn format(cmd: &str, args: &[String], v: &Value) -> String {
             other => format!("{}\n", scalar(other)),
         },
     }
+}
+
+/// `sessions` as a table, one row per media stream (mediaproxy's sessions
+/// listing): who calls whom, for how long, the codecs, each side's
+/// address (latched from its packets, else as its SDP announced), the
+/// relay's two ports, and packets/bytes each way.
+fn format_sessions(v: &Value) -> String {
+    let Some(items) = v.as_array() else {
+        return format!("{}\n", scalar(v));
+    };
+    if items.is_empty() {
+        return "no media relay sessions\n".into();
+    }
+    let s = |x: &Value| scalar(x);
+    let mut rows: Vec<Vec<String>> = vec![
+        [
+            "CALL-ID",
+            "CALLER",
+            "CALLEE",
+            "DURATION",
+            "MEDIA",
+            "CODECS",
+            "CALLER ADDR",
+            "RELAY (CALLER / CALLEE)",
+            "CALLEE ADDR",
+            "CALLER→",
+            "←CALLEE",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect(),
+    ];
+    for it in items {
+        let streams = it["streams"].as_array().cloned().unwrap_or_default();
+        let first = |i: usize| i == 0;
+        for (i, st) in streams
+            .iter()
+            .enumerate()
+            .chain(if streams.is_empty() { Some((0, &Value::Null)) } else { None })
+        {
+            let head = first(i);
+            rows.push(vec![
+                if head { s(&it["call_id"]) } else { String::new() },
+                if head { s(&it["caller"]) } else { String::new() },
+                if head { s(&it["callee"]) } else { String::new() },
+                if head {
+                    format!("{}s", s(&it["duration_s"]))
+                } else {
+                    String::new()
+                },
+                s(&st["media"]),
+                s(&st["codecs"]),
+                s(&st["caller_addr"]),
+                s(&st["relay"]),
+                s(&st["callee_addr"]),
+                format!("{} pkt / {} B", s(&st["caller_packets"]), s(&st["caller_bytes"])),
+                format!("{} pkt / {} B", s(&st["callee_packets"]), s(&st["callee_bytes"])),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
 }
 
 /// The order of `stats` sections (keys not listed follow in name order).

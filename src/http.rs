@@ -302,12 +302,12 @@ struct RelayTotals {
     bytes: u64,
 }
 
-/// HOOK (media relay): the relay's packet and byte counters since start,
-/// every session and direction together. Zero until the relay lands; then
-/// read its counters here (atomics, like `Stats`), not the live sessions,
-/// so ended sessions keep counting.
-fn relay_totals(_control: &Control) -> RelayTotals {
-    RelayTotals { packets: 0, bytes: 0 }
+/// The embedded relay's packet and byte counters since start, every
+/// session and direction together: read from its atomics, not from the
+/// live sessions, so ended sessions keep counting.
+fn relay_totals(control: &Control) -> RelayTotals {
+    let (packets, bytes) = control.relay_totals();
+    RelayTotals { packets, bytes }
 }
 
 fn load(a: &AtomicU64) -> u64 {
