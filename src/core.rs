@@ -179,11 +179,7 @@ impl Shared {
     pub fn relay(&self) -> Result<&crate::relay::RelayHandle, &str> {
         self.relay
             .get_or_init(|| {
-                let r = self
-                    .cfg
-                    .relay
-                    .start(&self.sockets)
-                    .map(|(relay, engine)| RelayHandle { relay, engine });
+                let r = self.cfg.relay.start(&self.sockets);
                 match &r {
                     Ok(h) => tracing::info!("media relay: {}", h.relay.name()),
                     Err(e) => tracing::error!("media relay cannot start: {e}"),
