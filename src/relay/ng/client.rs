@@ -168,7 +168,7 @@ impl NgClient {
                 std::thread::sleep(self.wait);
                 continue;
             }
-            let deadline = Instant::now() + self.wait;
+            let deadline = Instant::now().checked_add(self.wait).unwrap_or_else(Instant::now);
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -208,7 +208,11 @@ impl NgClient {
         let now = Instant::now();
         let mut d = relay.down_until.lock();
         let was_up = d.is_none_or(|t| now >= t);
-        *d = Some(now + self.down_for);
+        // `Duration::MAX` means "for good".
+        *d = Some(
+            now.checked_add(self.down_for)
+                .unwrap_or(now + Duration::from_secs(100 * 365 * 86400)),
+        );
         if was_up {
             tracing::warn!(
                 "ng relay {} {why} ({} x {:?}): not used for {:?}",
@@ -485,7 +489,11 @@ pub fn session_info(call_id: &str, relay: &str, r: CallReport, now: SystemTime) 
         to_tag: callee.map(|t| t.tag.clone()).filter(|t| !t.is_empty()),
         caller: String::new(),
         callee: String::new(),
-        created: UNIX_EPOCH + Duration::from_secs(r.created.and_then(|c| u64::try_from(c).ok()).unwrap_or(0)),
+        created: r
+            .created
+            .and_then(|c| u64::try_from(c).ok())
+            .and_then(|c| UNIX_EPOCH.checked_add(Duration::from_secs(c)))
+            .unwrap_or(UNIX_EPOCH),
         relay: relay.to_string(),
         streams,
     }

@@ -59,6 +59,9 @@ const RTPENGINE_COMMANDS: &[&str] = &[
     "mesh",
 ];
 
+/// The largest UDP payload (IPv4: 65,535 less the IP and UDP headers).
+const MAX_DATAGRAM: usize = 65_507;
+
 /// rtpengine's error text for an unknown call: Kamailio's logs read the
 /// same, and clients (ours included) recognise it.
 pub const UNKNOWN_CALL: &str = "Unknown call-id";
@@ -252,10 +255,18 @@ fn handle_datagram(shared: &Shared, msg: &[u8], peer: SocketAddr) -> Option<Arc<
             Reply::Error(e.to_string())
         }
     };
-    let bytes = Arc::new(encode_response(&Response {
+    let mut bytes = encode_response(&Response {
         cookie: key.1.clone(),
         reply,
-    }));
+    });
+    if bytes.len() > MAX_DATAGRAM {
+        // Silence would make the client think the relay is down.
+        bytes = encode_response(&Response {
+            cookie: key.1.clone(),
+            reply: Reply::Error(format!("reply of {} bytes does not fit in one UDP datagram", bytes.len())),
+        });
+    }
+    let bytes = Arc::new(bytes);
     shared.cache.lock().entries.insert(key, Entry::Done(Instant::now(), bytes.clone()));
     Some(bytes)
 }
@@ -754,6 +765,22 @@ mod tests {
         sock.send_to(&req, server.local_addr()).unwrap();
         sock.recv(&mut buf).unwrap();
         assert_eq!(fake.offers.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_reply_too_large_for_udp_is_an_error_not_silence() {
+        let mut h = Harness::new();
+        for n in 0..2000 {
+            ok(h.ask(offer(&format!("{n:040}@a-rather-long-host-name.example.org"), b"v=0\r\n")));
+        }
+        let Reply::Error(e) = h.ask(Command::List(ListParams { limit: Some(2000) })) else {
+            panic!()
+        };
+        assert!(e.contains("does not fit"), "{e}");
+        assert_eq!(
+            ok(h.ask(Command::List(ListParams { limit: Some(100) }))).calls.map(|c| c.len()),
+            Some(100)
+        );
     }
 
     #[test]
