@@ -1,5 +1,6 @@
-//! The `serlua` command: run the proxy, check a script.
+//! The `serlua` command: run the proxy, check a script, run a media relay.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -48,6 +49,116 @@ enum Cmd {
     Admin(serlua::admin::Command),
     /// Ask a running proxy over its control socket: stats, reload, ul show/rm, tm list, log-level, version, errors.
     Ctl(serlua::ctl::CtlArgs),
+    /// Run a standalone media relay driven over rtpengine's ng protocol (Kamailio's rtpengine module, or serlua's ng client).
+    Relay(RelayArgs),
+}
+
+/// `serlua relay`: the embedded engine behind an ng control socket, as
+/// rtpengine is run behind Kamailio.
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// The ng control socket (rtpengine's --listen-ng), udp:IP:PORT.
+    #[arg(long, value_name = "udp:IP:PORT", default_value = "udp:127.0.0.1:2223", value_parser = parse_ng_listen)]
+    ng: SocketAddr,
+    /// RTP ports to allocate from, inclusive (rtpengine's --port-min/--port-max).
+    #[arg(long, value_name = "MIN-MAX", default_value = "30000-40000", value_parser = parse_port_range)]
+    ports: (u16, u16),
+    /// The address written into the rewritten SDP (the relay's public address).
+    #[arg(long, value_name = "IP", value_parser = parse_ip)]
+    advertise: IpAddr,
+    /// The address the media sockets bind to (default: the --advertise address).
+    #[arg(long, value_name = "IP", value_parser = parse_ip)]
+    bind: Option<IpAddr>,
+    /// A session without media for this many seconds ends.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    media_timeout: u64,
+    /// Media forwarding threads.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: u64,
+}
+
+/// `udp:IP:PORT` (rtpengine's --listen-ng takes IP:PORT; `udp:` as in
+/// Kamailio's rtpengine_sock).
+fn parse_ng_listen(s: &str) -> Result<SocketAddr, String> {
+    let Some(rest) = s.strip_prefix("udp:") else {
+        return Err(format!("{s:?}: expected udp:IP:PORT (only udp: is supported)"));
+    };
+    rest.parse()
+        .map_err(|_| format!("{s:?}: expected udp:IP:PORT, with IP:PORT like 127.0.0.1:2223 or [::1]:2223"))
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected MIN-MAX, e.g. 30000-40000"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("{p:?}: ports are 1 to 65535"))
+    };
+    let (a, b) = (port(a)?, port(b)?);
+    if a > b {
+        return Err(format!("{s:?}: --ports MIN is above MAX"));
+    }
+    if b - a < 3 {
+        return Err(format!("{s:?}: the range must hold at least two RTP/RTCP port pairs"));
+    }
+    Ok((a, b))
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+/// Runs the relay until SIGINT or SIGTERM.
+fn run_relay(args: RelayArgs) -> ExitCode {
+    use serlua::relay::engine::{Engine, EngineConfig};
+    let _log_level = serlua::logging::init(None, true);
+    let cfg = EngineConfig {
+        bind: args.bind.unwrap_or(args.advertise),
+        advertise: Some(args.advertise),
+        ports: args.ports,
+        media_timeout: std::time::Duration::from_secs(args.media_timeout),
+        threads: usize::try_from(args.threads).unwrap_or(1),
+    };
+    let engine = match Engine::start(cfg) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("serlua relay: the media engine did not start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Registered before the control socket opens, so that a signal from
+    // then on is never the default (a kill without the exit status).
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("serlua relay: signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match serlua::relay::ng::serve(args.ng, engine) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("serlua relay: ng control socket udp:{}: {e}", args.ng);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        "relay running: ng udp:{}, media on {} ports {}-{}, advertised as {}",
+        server.local_addr(),
+        args.bind.unwrap_or(args.advertise),
+        args.ports.0,
+        args.ports.1,
+        args.advertise
+    );
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!("signal {sig}: stopping the relay");
+    }
+    drop(server);
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -55,6 +166,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Admin(cmd) => serlua::admin::run(cmd),
         Cmd::Ctl(args) => serlua::ctl::run(args),
+        Cmd::Relay(args) => run_relay(args),
         Cmd::Check { script } => match app::load_and_check(&script) {
             Ok(_) => {
                 println!("{}: OK", script.display());
