@@ -22,6 +22,7 @@ pub mod registrar;
 pub mod relay;
 pub mod rr;
 pub mod script;
+pub mod sdp;
 pub mod server;
 pub mod sip;
 pub mod sl;
