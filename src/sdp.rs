@@ -254,9 +254,12 @@ fn parse_c(v: &str) -> Result<(&str, IpAddr), String> {
     Ok((nettype, conn_address(nettype, addrtype, addr)?))
 }
 
+/// A connection address as written: the network type (`IN`) and the IP.
+type NetAddr<'a> = (&'a str, IpAddr);
+
 /// A parsed `a=rtcp:` value (RFC 3605 §2.1): port, and the network type
 /// and address when given.
-fn parse_rtcp(v: &str) -> Result<(u16, Option<(&str, IpAddr)>), String> {
+fn parse_rtcp(v: &str) -> Result<(u16, Option<NetAddr<'_>>), String> {
     let (r, digits) = digit1::<&str, nom::error::Error<&str>>(v).map_err(|_| "a=rtcp has no port".to_string())?;
     let port: u16 = digits.parse().map_err(|_| format!("a=rtcp port {digits} is not 0..65535"))?;
     let (r, addr) = opt((space1, word, space1, word, space1, word))
@@ -319,14 +322,29 @@ fn static_payload(pt: &str) -> Option<&'static str> {
 
 // ---------------------------------------------------------------- the document
 
+/// A `c=` line of a media description: its index, network type and address.
+struct ConnLine {
+    idx: usize,
+    nettype: String,
+    ip: IpAddr,
+}
+
+/// The `a=rtcp` line of a media description: its index, the port, and the
+/// network type and address when it names one.
+struct RtcpLine {
+    idx: usize,
+    port: u16,
+    addr: Option<(String, IpAddr)>,
+}
+
 /// Where the lines a rewrite touches are, per media description.
 #[derive(Default)]
 struct Section {
     m: usize,
     m_port_at: std::ops::Range<usize>,
-    /// Media-level `c=` lines: index and network type.
-    conns: Vec<(usize, String, IpAddr)>,
-    rtcp: Option<(usize, u16, Option<(String, IpAddr)>)>,
+    /// Media-level `c=` lines.
+    conns: Vec<ConnLine>,
+    rtcp: Option<RtcpLine>,
     /// Where a new `c=` line goes: after `m=` and its `i=` (the order of
     /// RFC 8866 §5).
     insert_after: usize,
@@ -376,7 +394,11 @@ fn parse_doc(body: &[u8]) -> Result<Doc<'_>, SdpError> {
             b'c' => {
                 let (nettype, ip) = parse_c(utf8(no, value)?).map_err(|e| err(no, e))?;
                 match sections.last_mut() {
-                    Some(s) => s.conns.push((idx, nettype.to_string(), ip)),
+                    Some(s) => s.conns.push(ConnLine {
+                        idx,
+                        nettype: nettype.to_string(),
+                        ip,
+                    }),
                     None if session_conn.is_none() => session_conn = Some((idx, ip)),
                     None => return Err(err(no, "a second session-level c= line")),
                 }
@@ -423,7 +445,11 @@ fn parse_doc(body: &[u8]) -> Result<Doc<'_>, SdpError> {
                     // a=rtcp is a media-level attribute only (RFC 3605 §2.1).
                     if let Some(s) = sections.last_mut() {
                         let (port, addr) = parse_rtcp(utf8(no, rest)?.trim_end()).map_err(|e| err(no, e))?;
-                        s.rtcp = Some((idx, port, addr.map(|(n, ip)| (n.to_string(), ip))));
+                        s.rtcp = Some(RtcpLine {
+                            idx,
+                            port,
+                            addr: addr.map(|(n, ip)| (n.to_string(), ip)),
+                        });
                     }
                 } else if name == b"rtpmap" {
                     if let (Some(maps), Ok(text)) = (rtpmaps.last_mut(), std::str::from_utf8(rest)) {
@@ -442,8 +468,8 @@ fn parse_doc(body: &[u8]) -> Result<Doc<'_>, SdpError> {
     let session_dir = session_dir.unwrap_or_default();
     for (i, m) in media.iter_mut().enumerate() {
         let s = &sections[i];
-        m.conn = s.conns.first().map(|c| c.2).or(session_conn.map(|c| c.1));
-        m.rtcp = s.rtcp.as_ref().map(|(_, p, a)| (*p, a.as_ref().map(|x| x.1)));
+        m.conn = s.conns.first().map(|c| c.ip).or(session_conn.map(|c| c.1));
+        m.rtcp = s.rtcp.as_ref().map(|r| (r.port, r.addr.as_ref().map(|x| x.1)));
         m.direction = media_dir[i].unwrap_or(session_dir);
         let rtp = m.proto.to_ascii_uppercase().contains("RTP");
         m.codecs = m
@@ -541,25 +567,25 @@ pub fn rewrite(body: &[u8], targets: &[Option<SocketAddr>]) -> Result<Vec<u8>, S
         line.extend_from_slice(t.port().to_string().as_bytes());
         line.extend_from_slice(&text[at.end..]);
         replace[s.m] = Some(line);
-        for (idx, nettype, ip) in &s.conns {
-            if !ip.is_unspecified() {
-                replace[*idx] = Some(c_line(nettype, t.ip()));
+        for c in &s.conns {
+            if !c.ip.is_unspecified() {
+                replace[c.idx] = Some(c_line(&c.nettype, t.ip()));
             }
         }
         if s.conns.is_empty() && doc.session_conn.is_none() {
             insert[s.insert_after].push(c_line("IN", t.ip()));
         }
-        if let Some((idx, _, addr)) = &s.rtcp {
+        if let Some(r) = &s.rtcp {
             let rtcp_port = t
                 .port()
                 .checked_add(1)
-                .ok_or_else(|| err(idx + 1, "target port 65535 leaves no port for RTCP"))?;
+                .ok_or_else(|| err(r.idx + 1, "target port 65535 leaves no port for RTCP"))?;
             let mut line = format!("a=rtcp:{rtcp_port}");
-            if let Some((nettype, ip)) = addr {
+            if let Some((nettype, ip)) = &r.addr {
                 let ip = if ip.is_unspecified() { *ip } else { t.ip() };
                 line.push_str(&format!(" {nettype} {} {ip}", addrtype(ip)));
             }
-            replace[*idx] = Some(line.into_bytes());
+            replace[r.idx] = Some(line.into_bytes());
         }
     }
     if let Some((sc_idx, sc_ip)) = doc.session_conn {
