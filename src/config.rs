@@ -170,6 +170,11 @@ pub const PARAMS: &[ParamDef] = &[
     param("domain", "db_url", ParamKind::Str),
     param("permissions", "db_url", ParamKind::Str),
     param("permissions", "trusted_table", ParamKind::Str),
+    param("nathelper", "natping_interval", ParamKind::Int),
+    param("nathelper", "ping_nated_only", ParamKind::Int),
+    param("nathelper", "sipping_method", ParamKind::Str),
+    param("nathelper", "sipping_from", ParamKind::Str),
+    param("mediaproxy", "natping_interval", ParamKind::Int),
 ];
 
 const fn param(module: &'static str, name: &'static str, kind: ParamKind) -> ParamDef {

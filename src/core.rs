@@ -396,6 +396,11 @@ pub struct MsgCtx {
     pub failure_reply: Option<(u16, String)>,
     /// Digest authentication state of this request (auth module).
     pub auth: crate::auth::AuthState,
+    /// Set by `fix_nated_register()`: the source address (`sip:IP:PORT`,
+    /// `;transport=tcp` over TCP) that `save()` keeps as the binding's
+    /// `received` (Kamailio's `received_avp` between nathelper and
+    /// registrar).
+    pub received_uri: Option<String>,
 }
 
 impl MsgCtx {
@@ -424,6 +429,7 @@ impl MsgCtx {
             failure_relay: false,
             failure_reply: None,
             auth: Default::default(),
+            received_uri: None,
         }
     }
 
@@ -446,6 +452,9 @@ pub enum Timer {
     Tm(tm::TimerEvent),
     /// usrloc's periodic sweep of expired bindings (worker 0 only).
     UsrlocSweep,
+    /// nathelper's keepalive tick (worker 0 only): the tick number, which
+    /// picks the slice of bindings pinged now (`natping_interval`).
+    NatPing(u64),
 }
 
 /// Where the live server sends a [`Transmit`] at once.
