@@ -459,9 +459,13 @@ pub fn natping_tick(env: &Env, tick: u64) {
 /// refreshed the NAT binding).
 pub fn is_ping_reply(env: &Env, msg: &SipMessage) -> bool {
     let via = msg.top_via();
-    msg.status().is_some()
-        && msg.vias().len() == 1
-        && via.branch().is_some_and(|b| b.starts_with(&ping_branch_prefix(env)))
+    // Checked on every reply: cheap tests first, and no allocation.
+    msg.vias().len() == 1
+        && msg.status().is_some()
+        && via
+            .branch()
+            .and_then(|b| b.strip_prefix(env.shared.branch_prefix.as_str()))
+            .is_some_and(|rest| rest.starts_with(".n"))
         && env.shared.via_is_ours(via)
 }
 
