@@ -184,6 +184,11 @@ pub const PARAMS: &[ParamDef] = &[
     param("mediaproxy", "media_timeout", ParamKind::Int),
     param("mediaproxy", "relay_threads", ParamKind::Int),
     param("mediaproxy", "ng_timeout", ParamKind::Int),
+    param("nathelper", "natping_interval", ParamKind::Int),
+    param("nathelper", "ping_nated_only", ParamKind::Int),
+    param("nathelper", "sipping_method", ParamKind::Str),
+    param("nathelper", "sipping_from", ParamKind::Str),
+    param("mediaproxy", "natping_interval", ParamKind::Int),
 ];
 
 const fn param(module: &'static str, name: &'static str, kind: ParamKind) -> ParamDef {

@@ -419,6 +419,11 @@ pub struct MsgCtx {
     /// The SDP was already rewritten to the media relay (a second
     /// `use_media_proxy()` on the message does nothing).
     pub media_done: bool,
+    /// Set by `fix_nated_register()`: the source address (`sip:IP:PORT`,
+    /// `;transport=tcp` over TCP) that `save()` keeps as the binding's
+    /// `received` (Kamailio's `received_avp` between nathelper and
+    /// registrar).
+    pub received_uri: Option<String>,
 }
 
 impl MsgCtx {
@@ -448,6 +453,7 @@ impl MsgCtx {
             failure_reply: None,
             auth: Default::default(),
             media_done: false,
+            received_uri: None,
         }
     }
 
@@ -470,6 +476,9 @@ pub enum Timer {
     Tm(tm::TimerEvent),
     /// usrloc's periodic sweep of expired bindings (worker 0 only).
     UsrlocSweep,
+    /// nathelper's keepalive tick (worker 0 only): the tick number, which
+    /// picks the slice of bindings pinged now (`natping_interval`).
+    NatPing(u64),
 }
 
 /// Where the live server sends a [`Transmit`] at once.

@@ -16,6 +16,8 @@ pub mod domain;
 pub mod http;
 pub mod logging;
 pub mod maxfwd;
+pub mod mediaproxy;
+pub mod nathelper;
 pub mod permissions;
 pub mod persist;
 pub mod registrar;

@@ -171,7 +171,10 @@ fn parse_request(ctx: &MsgCtx, p: &Params) -> Result<(bool, Vec<NewContact>), Re
 /// or out-of-order request. A request whose NAT flag
 /// (`modparam("registrar", "nat_flag", 6)`) is set keeps its source
 /// address as the binding's `received` and the flag with the binding
-/// (reference notes 10, 17, 31).
+/// (reference notes 10, 17, 31); so does one marked by
+/// `fix_nated_register()` (note 32; the flag only when it is set too). A
+/// binding with a `received` address is listed in the 200 with a
+/// `received` Contact parameter, as Kamailio's registrar does.
 pub fn save(env: &Env, ctx: &mut MsgCtx, table_name: &str, flags: i64) -> mlua::Result<bool> {
     let ul = table(env, table_name)?;
     if ctx.msg.method() != Some(&Method::Register) {
@@ -193,7 +196,9 @@ pub fn save(env: &Env, ctx: &mut MsgCtx, table_name: &str, flags: i64) -> mlua::
     let callid = ctx.msg.call_id().to_string();
     let cseq = ctx.msg.cseq().seq;
     let nat = p.nat_flag.filter(|f| ctx.flags & (1 << f) != 0);
-    let received = nat.map(|_| received_uri(ctx));
+    // fix_nated_register() (Kamailio's received_avp) or the NAT flag (SER)
+    // keep the source address.
+    let received = ctx.received_uri.clone().or_else(|| nat.map(|_| received_uri(ctx)));
     let cflags = nat.map(|f| 1u32 << f).unwrap_or(0);
     let user_agent = ctx
         .msg
@@ -285,9 +290,12 @@ pub fn save(env: &Env, ctx: &mut MsgCtx, table_name: &str, flags: i64) -> mlua::
         let mut extra: Vec<(HeaderName, Vec<u8>)> = current
             .iter()
             .map(|b| {
+                // Kamailio's registrar tells a NATed client the address it was
+                // seen from (the `received` Contact parameter).
+                let rcv = b.received().map(|r| format!(";received=\"{r}\"")).unwrap_or_default();
                 (
                     HeaderName::Contact,
-                    format!("<{}>;expires={}", b.contact(), (b.expires - now).max(0)).into_bytes(),
+                    format!("<{}>;expires={}{rcv}", b.contact(), (b.expires - now).max(0)).into_bytes(),
                 )
             })
             .collect();

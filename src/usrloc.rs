@@ -441,6 +441,22 @@ impl Usrloc {
         self.pending.lock().len()
     }
 
+    /// Number of lock shards the table is split into (keys are spread over
+    /// them by hash): nathelper's keepalives walk one slice at a time.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Runs `f` on every record of shard `i` (see [`Usrloc::shard_count`])
+    /// under its read lock, without copying the records.
+    pub fn for_each_in_shard(&self, i: usize, mut f: impl FnMut(&str, &Record)) {
+        if let Some(shard) = self.shards.get(i) {
+            for (k, rec) in shard.read().iter() {
+                f(k, rec);
+            }
+        }
+    }
+
     /// Every record (for `ul show` and metrics), as a snapshot.
     pub fn snapshot(&self) -> Vec<Record> {
         self.shards

@@ -41,8 +41,9 @@ impl Worker {
 
     fn start(env: Rc<Env>, script: Script) -> Worker {
         if env.worker == 0 {
-            // One worker sweeps expired bindings for all.
+            // One worker sweeps expired bindings and sends the NAT keepalives for all.
             env.arm_job(crate::usrloc::sweep_interval(&env), Timer::UsrlocSweep);
+            crate::nathelper::start_natping(&env);
         }
         Worker { env, script }
     }
@@ -129,6 +130,10 @@ impl Worker {
         }
         let span = tracing::info_span!("rpl", call_id = %msg.call_id(), status = msg.status().unwrap_or(0), src = %inc.src);
         let _enter = span.enter();
+        if crate::nathelper::is_ping_reply(env, &msg) {
+            tracing::trace!("reply to a NAT keepalive absorbed");
+            return;
+        }
         if tm::on_reply(env, &self.script, msg.clone(), inc.src, inc.local) {
             return;
         }
@@ -145,6 +150,7 @@ impl Worker {
             match t {
                 Timer::Tm(ev) => tm::on_timer(&self.env, &self.script, ev),
                 Timer::UsrlocSweep => crate::usrloc::sweep(&self.env),
+                Timer::NatPing(tick) => crate::nathelper::natping_tick(&self.env, tick),
             }
         }
     }

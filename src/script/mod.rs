@@ -96,6 +96,8 @@ pub fn all_exports() -> Vec<Export> {
         crate::domain::EXPORTS,
         crate::permissions::EXPORTS,
         crate::rtpproxy::EXPORTS,
+        crate::nathelper::EXPORTS,
+        crate::mediaproxy::EXPORTS,
     ] {
         v.extend_from_slice(table);
     }
@@ -396,6 +398,8 @@ fn install_globals(lua: &Lua, env: &Rc<Env>, params: Rc<RefCell<ModParams>>) -> 
     crate::domain::register(lua, env)?;
     crate::permissions::register(lua, env)?;
     crate::rtpproxy::register(lua, env)?;
+    crate::nathelper::register(lua, env)?;
+    crate::mediaproxy::register(lua, env)?;
     let max_len = env.shared.cfg.max_len;
     g.set("max_len", max_len)?;
     let arr: [Table; 4] = [tables[0].clone(), tables[1].clone(), tables[2].clone(), tables[3].clone()];
