@@ -4,9 +4,9 @@
 //! the NAT bindings of registered clients open.
 //!
 //! "Private" addresses are those of RFC 1918 (10/8, 172.16/12, 192.168/16
-//! — the reference's list of them is misprinted) and, as Kamailio's
-//! nathelper counts them, the RFC 6598 shared space 100.64/10 of carrier
-//! grade NATs.
+//! — the reference's list of them is misprinted); the RFC 6598 shared
+//! space 100.64/10 of carrier grade NATs is `nat_uac_test`'s own bit 32
+//! (mediaproxy's `client_nat_test` counts it as private).
 
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -47,9 +47,9 @@ pub const TEST_SDP: u32 = 8;
 /// `nat_uac_test` bit: the source port is not the top Via's (5060 when
 /// the Via has none).
 pub const TEST_RPORT: u32 = 16;
-/// `nat_uac_test` bit: the source IP itself is private (the proxy sits
-/// inside the same NAT, or a carrier-grade one).
-pub const TEST_SOURCE: u32 = 32;
+/// `nat_uac_test` bit: an RFC 6598 (100.64/10, carrier grade NAT) address
+/// in the Contact, the top Via, the SDP, or as the source.
+pub const TEST_RFC6598: u32 = 32;
 
 fn fix_uac_test(args: &[Option<LitArg>]) -> Result<(), String> {
     check_int_arg(args, "nat_uac_test flags", 0..=63)
@@ -114,18 +114,17 @@ fn via_port_differs(ctx: &MsgCtx) -> bool {
     ctx.msg.top_via().port.unwrap_or(5060) != ctx.src.port()
 }
 
-/// An SDP body's `c=` (session or media level) is private (`nat_uac_test`
-/// 8). A body of another Content-Type, or one that does not parse, is not
-/// looked at.
-fn sdp_is_private(ctx: &MsgCtx) -> bool {
+/// The `c=` addresses (session and media level) of an SDP body. A body of
+/// another Content-Type, or one that does not parse, has none.
+fn sdp_addresses(ctx: &MsgCtx) -> Vec<IpAddr> {
     let body = ctx.msg.body();
     if body.is_empty() {
-        return false;
+        return Vec::new();
     }
     if let Some(ct) = ctx.msg.header(&HeaderName::ContentType) {
         let ct = String::from_utf8_lossy(&ct).to_ascii_lowercase();
         if ct.split(';').next().map(str::trim) != Some("application/sdp") {
-            return false;
+            return Vec::new();
         }
     }
     match crate::sdp::parse(body) {
@@ -133,25 +132,40 @@ fn sdp_is_private(ctx: &MsgCtx) -> bool {
             .session_conn
             .into_iter()
             .chain(sdp.media.iter().filter_map(|m| m.conn))
-            .any(is_private),
-        Err(_) => false,
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
+/// Any address the client wrote about itself (Contact, top Via, SDP
+/// `c=`) or the source address is in RFC 6598's 100.64/10
+/// (`nat_uac_test` 32): a client behind a carrier grade NAT.
+fn any_rfc6598(ctx: &MsgCtx) -> bool {
+    is_rfc6598(ctx.src.ip())
+        || first_contact(ctx).and_then(|c| c.uri.host.ip).is_some_and(is_rfc6598)
+        || ctx.msg.top_via().host.ip.is_some_and(is_rfc6598)
+        || sdp_addresses(ctx).into_iter().any(is_rfc6598)
+}
+
 /// Kamailio's `nat_uac_test(flags)`: guesses whether the sender is behind
-/// a NAT. True when any requested test matches: 1 the Contact has a
-/// private address, 2 the source IP differs from the top Via's sent-by,
-/// 4 the top Via has a private address, 8 an SDP `c=` has one, 16 the
-/// source port differs from the top Via's port (5060 without one), 32 the
-/// source address itself is private. Private is RFC 1918 or RFC 6598
-/// (see the module docs). The reference uses 19 (16 + 2 + 1).
+/// a NAT. True when any requested test matches: 1 the Contact has an RFC
+/// 1918 address, 2 the source IP differs from the top Via's sent-by, 4 the
+/// top Via has an RFC 1918 address, 8 an SDP `c=` has one, 16 the source
+/// port differs from the top Via's port (5060 without one), 32 an RFC 6598
+/// (100.64/10, carrier grade NAT) address in any of those places or as the
+/// source. The reference uses 19 (16 + 2 + 1).
+///
+/// Kamailio folds 100.64/10 into 1, 4 and 8 and uses 32 for "the source
+/// is private"; serlua keeps RFC 6598 apart as its own bit, as the
+/// project's spec asks, so `nat_uac_test(19)` means exactly what it
+/// meant in SER 0.9.
 pub fn nat_uac_test(ctx: &MsgCtx, flags: u32) -> bool {
     (flags & TEST_RPORT != 0 && via_port_differs(ctx))
         || (flags & TEST_RECEIVED != 0 && via_address_differs(ctx))
-        || (flags & TEST_CONTACT != 0 && contact_is_private(ctx))
-        || (flags & TEST_SDP != 0 && sdp_is_private(ctx))
-        || (flags & TEST_VIA != 0 && via_is_private(ctx))
-        || (flags & TEST_SOURCE != 0 && is_private(ctx.src.ip()))
+        || (flags & TEST_CONTACT != 0 && first_contact(ctx).and_then(|c| c.uri.host.ip).is_some_and(is_rfc1918))
+        || (flags & TEST_SDP != 0 && sdp_addresses(ctx).into_iter().any(is_rfc1918))
+        || (flags & TEST_VIA != 0 && ctx.msg.top_via().host.ip.is_some_and(is_rfc1918))
+        || (flags & TEST_RFC6598 != 0 && any_rfc6598(ctx))
 }
 
 /// Kamailio's `fix_nated_contact()`: rewrites the host and port of the

@@ -172,11 +172,22 @@ fn nat_uac_test_and_client_nat_test_bits() {
         "FFFFFF/FFF-",
         "a Via without port counts as 5060"
     );
-    // Carrier-grade NAT space (RFC 6598) is private too; the source itself
-    // is private (32).
+    // Carrier-grade NAT space (RFC 6598) is bit 32 of nat_uac_test, not
+    // 1/4/8 (mediaproxy's client_nat_test counts it as private).
     assert_eq!(
         results(&mut n, "100.64.1.2:5060", "100.64.1.2:5060", "<sip:a@100.64.1.2:5060>", None),
-        "TFTFFT/TFT+"
+        "FFFFFT/TFT-"
+    );
+    assert_eq!(
+        results(
+            &mut n,
+            "203.0.113.7:5060",
+            "203.0.113.7:5060",
+            "<sip:a@203.0.113.7>",
+            Some("100.72.0.9")
+        ),
+        "FFFFFT/FFF-",
+        "an RFC 6598 SDP address is bit 32"
     );
     // Only the port was changed by the NAT: 16 matches, 2 does not.
     assert_eq!(
