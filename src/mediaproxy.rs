@@ -1,7 +1,8 @@
 //! mediaproxy: SER's mediaproxy module, the NAT traversal of the
-//! reference's mediaproxy and PSTN chapters. For now only its NAT
-//! detection, `client_nat_test`; `use_media_proxy` and `end_media_session`
-//! follow with the media relay.
+//! reference's mediaproxy and PSTN chapters: NAT detection
+//! (`client_nat_test`) and the media relay (`use_media_proxy`,
+//! `end_media_session`), which drives the same relay as rtpproxy's
+//! `force_rtp_proxy` ([`crate::rtpproxy::relay_media`]).
 
 use std::rc::Rc;
 
@@ -15,13 +16,17 @@ use crate::script::register as reg;
 
 /// mediaproxy's script functions, with the route types SER's module
 /// allows them in.
-pub const EXPORTS: &[Export] = &[Export::new(
-    "client_nat_test",
-    1,
-    1,
-    RouteMask::REQUEST.or(RouteMask::ONREPLY).or(RouteMask::FAILURE),
-)
-.with_fixup(fix_type)];
+pub const EXPORTS: &[Export] = &[
+    Export::new(
+        "client_nat_test",
+        1,
+        1,
+        RouteMask::REQUEST.or(RouteMask::ONREPLY).or(RouteMask::FAILURE),
+    )
+    .with_fixup(fix_type),
+    Export::new("use_media_proxy", 0, 0, RouteMask::ANY),
+    Export::new("end_media_session", 0, 0, RouteMask::ANY),
+];
 
 fn fix_type(args: &[Option<LitArg>]) -> Result<(), String> {
     check_int_arg(args, "client_nat_test type", 0..=7)
@@ -46,5 +51,14 @@ pub fn register(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
             return Err(lua_err(format!("client_nat_test: type {t} is outside 0..7")));
         }
         Ok(client_nat_test(ctx, t as u32))
+    })?;
+    // An offer for a request, the answer for a reply (SER mediaproxy picks
+    // by message type the same way); calling it twice on one message is
+    // harmless (the reference's note 42 guards with flag 8).
+    reg(lua, env, EXPORTS, "use_media_proxy", |_, env, ctx, ()| {
+        Ok(crate::rtpproxy::relay_media(env, ctx, false, "use_media_proxy"))
+    })?;
+    reg(lua, env, EXPORTS, "end_media_session", |_, env, ctx, ()| {
+        Ok(crate::rtpproxy::end_media(env, ctx, "end_media_session"))
     })
 }
