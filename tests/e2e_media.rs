@@ -284,17 +284,10 @@ fn nat_call_embedded() {
     let ctx = Ctx::new("nat_call_embedded");
     let (lo, hi) = free_port_range(40);
     let ports = format!("{lo}-{hi}");
+    // The harness gives the proxy the control socket <label>.ctl.
     let ctl = ctx.path("serlua.ctl");
-    let ctl_s = ctl.display().to_string();
-    let env = [("SERLUA_PORTS", ports.as_str()), ("SERLUA_CTL", ctl_s.as_str())];
-    let mut proxy = Proxy::start(
-        &ctx,
-        ProxyOpts::relay(local(9))
-            .script(SCRIPT)
-            .env(&env)
-            .args(&["--ctl", &ctl_s], local(0)),
-    );
-    let _ = &mut proxy;
+    let env = [("SERLUA_PORTS", ports.as_str())];
+    let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(9)).script(SCRIPT).env(&env));
     let addr = proxy.addr;
     nat_call(&ctx, addr, free_udp_port(), NAT_IP, true, |r| {
         // The binding keeps bob's real source; his Contact stays as written.
@@ -406,16 +399,8 @@ fn nat_call_rtpengine() {
     let ng = local(free_udp_port());
     let _rtpengine = start_rtpengine(&ctx, &bin, ng, free_port_range(40));
     let relay = format!("ng:udp:{ng}");
-    let ctl = ctx.path("serlua.ctl");
-    let ctl_s = ctl.display().to_string();
     let env = [("SERLUA_RELAY", relay.as_str())];
-    let mut proxy = Proxy::start(
-        &ctx,
-        ProxyOpts::relay(local(9))
-            .script(SCRIPT)
-            .env(&env)
-            .args(&["--ctl", &ctl_s], local(0)),
-    );
+    let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(9)).script(SCRIPT).env(&env));
     let addr = proxy.addr;
     nat_call(&ctx, addr, free_udp_port(), NAT_IP, true, |_| {});
     let st = proxy.stop();
