@@ -8,93 +8,35 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
 use serlua::app::{Overrides, instance};
 use serlua::sip::{HeaderName, SipMessage};
-use serlua::transport::{Incoming, Proto, Transmit};
-use serlua::worker::Worker;
+use serlua::transport::{Proto, Transmit};
 
-struct Net {
-    w: Worker,
-    now: Instant,
-}
+mod common;
+
+use common::net::{Net as Core, forwarded, header, only_reply, parse};
+
+/// The core with nathelper's script name, and its NAT ping counter.
+struct Net(Core);
 
 impl Net {
     fn new(script: &str) -> Net {
-        let now = Instant::now();
-        let w = instance(Path::new("nat.lua"), Some(script.to_string()), &Overrides::default(), now).expect("script loads");
-        Net { w, now }
+        Net(Core::new("nat.lua", script))
     }
-
     fn recv_on(&mut self, local: u16, proto: Proto, from: &str, text: &str) -> Vec<Transmit> {
-        let data = Bytes::from(text.replace('\n', "\r\n"));
-        self.w.handle(
-            self.now,
-            Incoming {
-                local,
-                proto,
-                src: from.parse().expect("source address"),
-                conn: None,
-                data,
-            },
-        );
-        self.w.take_transmits()
+        self.0.recv_on(local, proto, from, text)
     }
-
     fn recv(&mut self, from: &str, text: &str) -> Vec<Transmit> {
-        self.recv_on(0, Proto::Udp, from, text)
+        self.0.recv(from, text)
     }
-
-    /// Moves the clock second by second for `secs` seconds, firing timers
-    /// at their own times; returns what was sent with the second it left in.
     fn run(&mut self, secs: u64) -> Vec<(u64, Transmit)> {
-        let start = self.now;
-        let mut out = Vec::new();
-        for _ in 0..secs {
-            let end = self.now + Duration::from_secs(1);
-            while let Some(at) = self.w.next_timeout().filter(|at| *at <= end) {
-                self.now = at.max(self.now);
-                self.w.handle_timeouts(self.now);
-                let sec = self.now.duration_since(start).as_secs();
-                out.extend(self.w.take_transmits().into_iter().map(|t| (sec, t)));
-            }
-            self.now = end;
-        }
-        out
+        self.0.run(secs)
     }
-
     fn nat_pings(&self) -> u64 {
-        self.w.env.shared.stats.nat_pings.load(Ordering::Relaxed)
+        self.0.w.env.shared.stats.nat_pings.load(Ordering::Relaxed)
     }
-}
-
-fn parse(t: &Transmit) -> SipMessage {
-    SipMessage::parse(t.data.clone()).expect("the proxy sends parsable messages")
-}
-
-fn only_reply(out: &[Transmit]) -> (SocketAddr, SipMessage) {
-    let r: Vec<(SocketAddr, SipMessage)> = out
-        .iter()
-        .map(|t| (t.dst, parse(t)))
-        .filter(|(_, m)| m.status().is_some())
-        .collect();
-    assert_eq!(r.len(), 1, "one reply expected, got {}", r.len());
-    r.into_iter().next().unwrap()
-}
-
-fn forwarded(out: &[Transmit]) -> (SocketAddr, SipMessage) {
-    out.iter()
-        .map(|t| (t.dst, parse(t)))
-        .find(|(_, m)| m.method().is_some())
-        .expect("a request was forwarded")
-}
-
-fn header(m: &SipMessage, name: &str) -> String {
-    m.header(&HeaderName::from_text(name))
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- the NAT tests
@@ -252,7 +194,7 @@ fn out_of_range_flags_at_run_time_are_script_errors() {
     );
     let (_, r) = only_reply(&n.recv("203.0.113.7:40000", &options("192.168.1.20:5060", "<sip:a@192.168.1.20>", None)));
     assert_eq!(r.status(), Some(500));
-    assert_eq!(n.w.env.shared.stats.script_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(n.0.w.env.shared.stats.script_errors.load(Ordering::Relaxed), 1);
 }
 
 // ---------------------------------------------------------------- fix-ups
@@ -491,7 +433,7 @@ fn fix_nated_register_keeps_the_source_and_lookup_uses_it() {
             "<sip:bob@192.168.1.20:5060>;expires=600;received=\"sip:127.0.0.1:40000\"",
             "the Contact as registered, with where it was seen ({params})"
         );
-        let rec = n.w.env.shared.store.location.lookup("bob", n.w.env.unix_now()).expect("bound");
+        let rec = n.0.w.env.shared.store.location.lookup("bob", n.0.w.env.unix_now()).expect("bound");
         let b = &rec.bindings[0];
         assert_eq!(b.contact(), "sip:bob@192.168.1.20:5060");
         assert_eq!(b.received(), Some("sip:127.0.0.1:40000"));
@@ -517,7 +459,14 @@ fn fix_nated_register_keeps_the_source_and_lookup_uses_it() {
         &register("carol", 5060, "sip:carol@10.0.0.7", "TCP", 600),
     );
     assert_eq!(only_reply(&out).1.status(), Some(200));
-    let rec = n.w.env.shared.store.location.lookup("carol", n.w.env.unix_now()).expect("bound");
+    let rec =
+        n.0.w
+            .env
+            .shared
+            .store
+            .location
+            .lookup("carol", n.0.w.env.unix_now())
+            .expect("bound");
     assert_eq!(rec.bindings[0].received(), Some("sip:127.0.0.1:41000;transport=tcp"));
     // A client that is not behind a NAT keeps no received.
     let out = n.recv("127.0.0.1:42000", &register("dave", 42000, "sip:dave@127.0.0.1:42000", "UDP", 600));
@@ -670,7 +619,7 @@ fn sipping_options_and_their_replies_are_absorbed() {
     assert!(header(&ping, "From").starts_with("<sip:pinger@127.0.0.1:5060>;tag="));
     assert_eq!(header(&ping, "To"), "<sip:n000@192.168.1.20:5060>");
     assert_eq!(ping.cseq().method.to_string(), "OPTIONS");
-    let shared = n.w.env.shared.clone();
+    let shared = n.0.w.env.shared.clone();
     let stats = &shared.stats;
     let dropped = stats.dropped.load(Ordering::Relaxed);
     let ok = format!(
