@@ -908,7 +908,7 @@ fn format_sessions(v: &Value) -> String {
         return format!("{}\n", scalar(v));
     };
     if items.is_empty() {
-        return "no media relay sessions\n".into();
+        return "(none)\n".into();
     }
     let s = |x: &Value| scalar(x);
     let mut rows: Vec<Vec<String>> = vec![
