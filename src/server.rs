@@ -218,8 +218,9 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
 enum WorkerCtl {
     /// Load the script into a fresh VM and answer with the outcome.
     Prepare(std::sync::mpsc::Sender<Result<(), String>>),
-    /// Switch to the VM prepared.
-    Commit,
+    /// Switch to the VM prepared, then say so: the reload is reported done
+    /// only once every worker runs the new script.
+    Commit(std::sync::mpsc::Sender<()>),
     /// Drop the VM prepared.
     Abort,
 }
@@ -257,8 +258,17 @@ fn reloader(script: PathBuf, txs: Vec<mpsc::UnboundedSender<WorkerCtl>>) -> Relo
             }
             return fail(e);
         }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         for t in &txs {
-            let _ = t.send(WorkerCtl::Commit);
+            let _ = t.send(WorkerCtl::Commit(done_tx.clone()));
+        }
+        for _ in 0..txs.len() {
+            // A worker busy with a long route still switches right after it;
+            // the wait only bounds how long `ctl reload` blocks.
+            if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                tracing::warn!("a worker took more than 10 s to switch to the reloaded script");
+                break;
+            }
         }
         tracing::info!("route script {} reloaded in {} workers", script.display(), txs.len());
         Ok(format!("{} reloaded in {} workers", script.display(), txs.len()))
@@ -358,10 +368,11 @@ fn worker_thread(setup: WorkerSetup) {
                             }
                         }
                     }
-                    WorkerCtl::Commit => {
+                    WorkerCtl::Commit(done) => {
                         if let Some(s) = prepared.take() {
                             wk.borrow_mut().script = s;
                         }
+                        let _ = done.send(());
                     }
                     WorkerCtl::Abort => prepared = None,
                 }
