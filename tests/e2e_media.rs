@@ -313,6 +313,23 @@ fn nat_call_embedded() {
             format!("bob announced {NAT_IP}: {st}")
         });
         ctx.ensure(st["codecs"].to_string().contains("PCMU/8000"), || format!("codecs: {st}"));
+        // The plain table, as an admin reads it.
+        let sock = ctl.display().to_string();
+        let out = run_serlua(
+            &ctx,
+            "ctl-sessions",
+            &["ctl", "--ctl", &sock, "sessions"],
+            &[],
+            Duration::from_secs(30),
+        );
+        ctx.note(format!("serlua ctl sessions:\n{}", out.stdout));
+        ctx.ensure(
+            ok(&out)
+                && out.stdout.starts_with("CALL-ID")
+                && out.stdout.contains("sip:alice@example.com")
+                && out.stdout.contains("PCMU/8000"),
+            || format!("ctl sessions table: {}{}", out.stdout, out.stderr),
+        );
         let _ = (r.caller_relay, r.callee_relay);
     });
     // The BYE ended the session.
