@@ -228,6 +228,8 @@ struct Flow {
     misrouted: u64,
     max_n: Option<u32>,
     primed: bool,
+    /// Packet numbers sent are below this.
+    limit: u32,
     seen: Vec<u64>,
 }
 
@@ -238,7 +240,7 @@ impl Flow {
             return;
         }
         let (w, bit) = ((n / 64) as usize, 1u64 << (n % 64));
-        let Some(word) = self.seen.get_mut(w) else {
+        let Some(word) = self.seen.get_mut(w).filter(|_| n < self.limit) else {
             // A number we never sent: another run's packet, or corruption.
             self.misrouted += 1;
             return;
@@ -712,10 +714,12 @@ fn run(cli: &Cli) -> Result<String, String> {
             [
                 Flow {
                     seen: vec![0; words],
+                    limit: per_flow as u32,
                     ..Flow::default()
                 },
                 Flow {
                     seen: vec![0; words],
+                    limit: per_flow as u32,
                     ..Flow::default()
                 }
             ];

@@ -16,6 +16,15 @@
 //! - counters are published with plain atomic stores after each batch and
 //!   read by anyone without stopping the forwarding.
 //!
+//! Measured with `benches/forward-rtpengine.sh` (2-core VM, serlua-rtpload
+//! on the same machine, one forwarding thread): 200 calls (20,000
+//! packets/s) cost 4.0 CPU-s per million packets relayed, rtpengine's
+//! userspace forwarding 7.9 under the same load. Sleeping up to 0.5-1 ms
+//! between wakeups to gather more packets per wakeup was tried and gave
+//! nothing measurable at 50-500 calls (arrivals already come several per
+//! wakeup) while adding that much latency, so the thread blocks in
+//! epoll_wait and forwards at once.
+//!
 //! Latching follows mediaproxy and rtpengine: a side's real address is the
 //! source of its first packet (whatever its SDP said, which behind NAT is a
 //! private address), and a source change is accepted only after the latched
