@@ -1321,6 +1321,22 @@ mod tests {
     }
 
     #[test]
+    fn odd_datagrams_do_not_disturb_the_stream() {
+        let fwd = start(21900, 100, 1);
+        let h = fwd.open_stream().expect("stream");
+        let (a, b) = (phone(), phone());
+        h.set_peer(Side::Callee, Some(addr(&b)), None);
+        // Larger than a receive buffer: truncated by the kernel, so dropped, not cut.
+        send(&a, relay(&h, Side::Caller, RTP), &[7u8; 6000]);
+        wait_for("the oversized one counted", || h.counters(Side::Caller).dropped_error == 1);
+        // Empty, then ordinary: both relayed as they are.
+        send(&a, relay(&h, Side::Caller, RTP), b"");
+        assert_eq!(recv(&b).expect("the empty datagram").0, b"");
+        send(&a, relay(&h, Side::Caller, RTP), b"after");
+        assert_eq!(recv(&b).expect("the stream goes on").0, b"after");
+    }
+
+    #[test]
     fn a_tiny_range_runs_out() {
         let fwd = start(21500, 4, 1);
         assert_eq!((fwd.ports_free(), fwd.ports_in_use()), (4, 0));
