@@ -16,6 +16,15 @@
 //! - counters are published with plain atomic stores after each batch and
 //!   read by anyone without stopping the forwarding.
 //!
+//! Measured with `benches/forward-rtpengine.sh` (2-core VM, serlua-rtpload
+//! on the same machine, one forwarding thread): 200 calls (20,000
+//! packets/s) cost 4.0 CPU-s per million packets relayed, rtpengine's
+//! userspace forwarding 7.9 under the same load. Sleeping up to 0.5-1 ms
+//! between wakeups to gather more packets per wakeup was tried and gave
+//! nothing measurable at 50-500 calls (arrivals already come several per
+//! wakeup) while adding that much latency, so the thread blocks in
+//! epoll_wait and forwards at once.
+//!
 //! Latching follows mediaproxy and rtpengine: a side's real address is the
 //! source of its first packet (whatever its SDP said, which behind NAT is a
 //! private address), and a source change is accepted only after the latched
@@ -1309,6 +1318,22 @@ mod tests {
         assert_eq!(recv(&new).expect("replies follow the new mapping").0, b"reply");
         assert!(quiet(&old));
         assert_eq!(h.counters(Side::Caller).dropped_foreign, 1);
+    }
+
+    #[test]
+    fn odd_datagrams_do_not_disturb_the_stream() {
+        let fwd = start(21900, 100, 1);
+        let h = fwd.open_stream().expect("stream");
+        let (a, b) = (phone(), phone());
+        h.set_peer(Side::Callee, Some(addr(&b)), None);
+        // Larger than a receive buffer: truncated by the kernel, so dropped, not cut.
+        send(&a, relay(&h, Side::Caller, RTP), &[7u8; 6000]);
+        wait_for("the oversized one counted", || h.counters(Side::Caller).dropped_error == 1);
+        // Empty, then ordinary: both relayed as they are.
+        send(&a, relay(&h, Side::Caller, RTP), b"");
+        assert_eq!(recv(&b).expect("the empty datagram").0, b"");
+        send(&a, relay(&h, Side::Caller, RTP), b"after");
+        assert_eq!(recv(&b).expect("the stream goes on").0, b"after");
     }
 
     #[test]
