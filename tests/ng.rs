@@ -445,12 +445,9 @@ fn relay_command_starts_and_stops_on_sigterm() {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(status.code(), Some(1), "{err}");
-            assert!(err.contains("engine"), "{err}");
-            return;
+            panic!("serlua relay exited at start ({status}): {}", String::from_utf8_lossy(&out.stderr));
         }
-        if t.elapsed() > Duration::from_secs(2) {
+        if t.elapsed() > Duration::from_secs(1) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));

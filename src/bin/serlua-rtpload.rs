@@ -106,6 +106,20 @@ struct Cli {
     /// Add every stream's own counts to the JSON.
     #[arg(long)]
     per_stream: bool,
+    /// Set the streams up on a relay over rtpengine's ng protocol
+    /// (`udp:HOST:PORT`; rtpengine or `serlua relay`): --calls offers and
+    /// answers whose SDPs name --bind-a and --bind-b, the relay's rewritten
+    /// ports become the pairs.
+    #[arg(long, value_name = "udp:HOST:PORT", requires_all = ["calls", "bind_a", "bind_b"])]
+    ng: Option<String>,
+    /// Calls to set up with --ng.
+    #[arg(long)]
+    calls: Option<usize>,
+    /// With --ng: set the calls up, print their relay pairs (`A B` lines,
+    /// the --pairs format) and exit, so a benchmark can measure the load
+    /// alone in a second run.
+    #[arg(long, requires = "ng")]
+    setup_only: bool,
 }
 
 /// RTP header length (RFC 3550 §5.1, no CSRC, no extension).
@@ -125,6 +139,20 @@ const LAT_BUCKETS: usize = 50_000;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.setup_only {
+        return match pairs(&cli) {
+            Ok(ps) => {
+                for p in ps {
+                    println!("{} {}", p.a, p.b);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("serlua-rtpload: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(&cli) {
         Ok(report) => {
             println!("{report}");
@@ -212,8 +240,60 @@ fn pairs(cli: &Cli) -> Result<Vec<Pair>, String> {
             out.push(Pair { a: at(a)?, b: at(b)? });
         }
     }
+    if let (Some(ng), Some(n), Some(a), Some(b)) = (&cli.ng, cli.calls, cli.bind_a, cli.bind_b) {
+        out.extend(ng_pairs(ng, n, a, b)?);
+    }
     if out.is_empty() {
         return Err("no streams: give --pairs FILE, --pair A,B or --streams N --relay-a HOST:PORT --relay-b HOST:PORT".into());
+    }
+    Ok(out)
+}
+
+/// Offers and answers `n` calls on an ng relay (A calls B; each SDP names
+/// the end's socket) and returns the relay addresses each end sends to:
+/// A to the port of the rewritten answer, B to that of the rewritten offer.
+fn ng_pairs(ng: &str, n: usize, a: SocketAddr, b: SocketAddr) -> Result<Vec<Pair>, String> {
+    use serlua::relay::{MediaRelay, OfferAnswer};
+    let name = if ng.starts_with("ng:") {
+        ng.to_string()
+    } else {
+        format!("ng:{ng}")
+    };
+    let relay = serlua::relay::ng::NgClient::new(&[name.as_str()], Duration::from_millis(500)).map_err(|e| e.to_string())?;
+    let sdp = |at: SocketAddr| {
+        let ip = at.ip();
+        let fam = if ip.is_ipv4() { "IP4" } else { "IP6" };
+        format!(
+            "v=0\r\no=- 1 1 IN {fam} {ip}\r\ns=-\r\nc=IN {fam} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            at.port()
+        )
+    };
+    let media = |sdp: &[u8]| -> Result<SocketAddr, String> {
+        let parsed = serlua::sdp::parse(sdp).map_err(|e| format!("relay's SDP: {e}"))?;
+        let m = parsed.media.first().ok_or("relay's SDP has no m= line")?;
+        let ip = m.conn.or(parsed.session_conn).ok_or("relay's SDP has no c= line")?;
+        Ok(SocketAddr::new(ip, m.port))
+    };
+    let (sa, sb) = (sdp(a), sdp(b));
+    let mut out = Vec::with_capacity(n);
+    let run = format!("{:x}", std::process::id());
+    for i in 0..n {
+        let call_id = format!("rtpload-{run}-{i}");
+        let (ft, tt) = (format!("a{i}"), format!("b{i}"));
+        let mut req = OfferAnswer {
+            call_id: &call_id,
+            from_tag: &ft,
+            sdp: sa.as_bytes(),
+            ..OfferAnswer::default()
+        };
+        let offer = relay.offer(&req).map_err(|e| format!("offer {call_id}: {e}"))?;
+        req.to_tag = Some(&tt);
+        req.sdp = sb.as_bytes();
+        let answer = relay.answer(&req).map_err(|e| format!("answer {call_id}: {e}"))?;
+        out.push(Pair {
+            a: media(&answer)?,
+            b: media(&offer)?,
+        });
     }
     Ok(out)
 }
