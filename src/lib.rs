@@ -33,6 +33,7 @@ pub mod store;
 pub mod textops;
 pub mod timer;
 pub mod tm;
+pub mod trace;
 pub mod transport;
 pub mod uri;
 pub mod uri_db;
