@@ -30,6 +30,7 @@ pub mod server;
 pub mod sip;
 pub mod sl;
 pub mod store;
+pub mod testing;
 pub mod textops;
 pub mod timer;
 pub mod tm;
