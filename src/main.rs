@@ -81,8 +81,11 @@ fn run_tests(args: TestArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Script log lines would interleave with the report: only errors show.
-    let _log = serlua::logging::init(Some(-1), true);
+    // The report carries the scripts' errors (px:errors(), the ladder);
+    // their log lines would only interleave with it, unless asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _log = serlua::logging::init(None, true);
+    }
     let opts = serlua::testing::Options {
         paths: args.paths,
         filter,

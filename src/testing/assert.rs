@@ -71,6 +71,27 @@ fn render_depth(v: &Value, depth: usize) -> String {
     }
 }
 
+/// A table one key per line (nested tables inline), so a line diff of
+/// two tables points at the keys that differ.
+fn render_lines(v: &Value) -> String {
+    let Value::Table(t) = v else {
+        return render(v);
+    };
+    let mut parts: Vec<String> = t
+        .pairs::<Value, Value>()
+        .filter_map(Result::ok)
+        .map(|(k, v)| {
+            let key = match &k {
+                Value::String(s) => s.to_string_lossy(),
+                other => format!("[{}]", render(other)),
+            };
+            format!("  {key} = {},", render(&v))
+        })
+        .collect();
+    parts.sort();
+    format!("{{\n{}\n}}", parts.join("\n"))
+}
+
 /// `==` as Lua means it, with messages equal by content.
 fn shallow_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -379,9 +400,8 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             }
             let mut body = expected_actual(lua, &e, &v);
             if let (Value::Table(_), Value::Table(_)) = (&e, &v) {
-                let pretty = |x: &Value| render(x).replace(", ", ",\n");
                 body.push_str("  diff (- expected, + actual):\n");
-                body.push_str(&diff(&pretty(&e), &pretty(&v)));
+                body.push_str(&diff(&render_lines(&e), &render_lines(&v)));
             }
             Err(fail(lua, "same", args.get(2), body))
         })?,
