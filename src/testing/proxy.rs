@@ -534,7 +534,8 @@ fn msg_list(lua: &Lua, list: &[Rc<Msg>]) -> mlua::Result<Table> {
 
 /// True when `m` passes `filter`: nil, a function, or a table of fields
 /// (`{ status = 408 }`, `{ method = "INVITE", dst = "127.0.0.1:5070" }`,
-/// `{ header = { ["X-Relay"] = "yes" } }`).
+/// `{ header = { ["X-Relay"] = "yes" } }`); `method` matches requests
+/// only.
 fn matches(lua: &Lua, m: &Rc<Msg>, filter: &Value) -> mlua::Result<bool> {
     match filter {
         Value::Nil => Ok(true),
@@ -560,6 +561,11 @@ fn matches(lua: &Lua, m: &Rc<Msg>, filter: &Value) -> mlua::Result<bool> {
                         }
                     }
                     continue;
+                }
+                // `method` picks requests: a reply's `method` (its CSeq
+                // method, as SER's) is matched with `cseq_method`.
+                if k == "method" && !m.parsed.as_ref().is_some_and(SipMessage::is_request) {
+                    return Ok(false);
                 }
                 let got = m.field(lua, &k)?;
                 let same = match (&got, &want) {

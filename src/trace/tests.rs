@@ -381,3 +381,51 @@ fn recorded_tcp_split() {
     assert!(msgs.iter().all(|m| m.proto == Proto::Tcp));
     assert!(msgs[0].data.ends_with(b"Content-Length: 0\r\n\r\n"));
 }
+
+/// An Ethernet frame holding one IPv4 fragment of a UDP datagram.
+fn fragment(id: u16, offset: usize, more: bool, part: &[u8]) -> Vec<u8> {
+    let mut ip = etherparse::Ipv4Header::new(part.len() as u16, 64, etherparse::IpNumber::UDP, [10, 0, 0, 1], [10, 0, 0, 2])
+        .expect("small fragment");
+    ip.identification = id;
+    ip.more_fragments = more;
+    ip.fragment_offset = etherparse::IpFragOffset::try_new((offset / 8) as u16).expect("offset fits");
+    ip.header_checksum = ip.calc_header_checksum();
+    let eth = etherparse::Ethernet2Header {
+        source: [1; 6],
+        destination: [2; 6],
+        ether_type: EtherType::IPV4,
+    };
+    let mut v = eth.to_bytes().to_vec();
+    v.extend_from_slice(&ip.to_bytes());
+    v.extend_from_slice(part);
+    v
+}
+
+#[test]
+fn ipv4_fragments_are_reassembled() {
+    // A UDP datagram larger than one fragment (RFC 791 §2.3): header and
+    // payload cut at a multiple of 8 bytes.
+    let payload = [REGISTER.as_bytes(), OPTIONS_BODY.as_bytes()].concat();
+    let mut dgram = etherparse::UdpHeader {
+        source_port: 5061,
+        destination_port: 5060,
+        length: (8 + payload.len()) as u16,
+        checksum: 0,
+    }
+    .to_bytes()
+    .to_vec();
+    dgram.extend_from_slice(&payload);
+    let cut = 160;
+    let file = pcap(
+        1,
+        &[
+            (0, fragment(7, 0, true, &dgram[..cut])),
+            (5, fragment(7, cut, false, &dgram[cut..])),
+        ],
+    );
+    let msgs = decode("frag.pcap", &file).unwrap();
+    let m = one(&msgs);
+    assert_eq!(&m.data[..], &payload[..]);
+    assert_eq!(m.time, Duration::from_micros(5));
+    assert_eq!(m.src, "10.0.0.1:5061".parse().unwrap());
+}
