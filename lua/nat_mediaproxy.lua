@@ -6,13 +6,15 @@
 -- and their media go through the relay (use_media_proxy). serlua's relay
 -- runs inside the proxy: there is no mediaproxy daemon to start.
 --
--- What the excerpt of the reference cuts, and is reconstructed here from
--- its numbered notes (31–46), from the PSTN config of the next chapter
--- (which grew out of this one) and from the SER module docs: the core and
--- module parameters, and the main route up to the REGISTER handler
--- (marked "reconstructed" below). Known gap kept from the reference: a
--- request for another domain is relayed without authentication
--- (`uri!=myself` below; lua/pstn.lua closes it).
+-- Reconstructed: the excerpt of the reference keeps this config's
+-- numbered notes (31–46), not its lines. route[2], route[3], route[4] and
+-- onreply_route[1] follow those notes step by step, in the words of the
+-- PSTN config of the next chapter, which repeats this one with PSTN
+-- handling added; the parameters, the main route and route[1] are that
+-- config's without the PSTN parts (`uri==myself` where it has
+-- is_uri_host_local(), no allow_trusted()), checked against the SER
+-- module docs. Known gap kept from the reference: a request for another
+-- domain is relayed without authentication (lua/pstn.lua closes it).
 --
 -- Set-up: `serlua user add alice@example.com secret` for each phone, then
 -- `serlua run lua/nat_mediaproxy.lua`. See examples/README.md.
@@ -135,7 +137,7 @@ end
 
 route[1] = function()
   -- -----------------------------------------------------------------
-  -- Default Message Handler
+  -- Default Message Handler (reconstructed)
   -- -----------------------------------------------------------------
   t_on_reply("1")
   if not t_relay() then
@@ -149,7 +151,7 @@ end
 
 route[2] = function()
   -- -----------------------------------------------------------------
-  -- REGISTER Message Handler
+  -- REGISTER Message Handler (reconstructed)
   -- -----------------------------------------------------------------
   sl_send_reply(100, "Trying")
   -- "Contact: *" unregisters everything and says nothing about NAT
@@ -178,7 +180,7 @@ end
 
 route[3] = function()
   -- -----------------------------------------------------------------
-  -- INVITE Message Handler
+  -- INVITE Message Handler (reconstructed)
   -- -----------------------------------------------------------------
   -- The caller is NATed (note 34): flag 7, reply to where it sent
   -- from, and its Contact names its public address.
@@ -216,7 +218,7 @@ end
 
 route[4] = function()
   -- -----------------------------------------------------------------
-  -- NAT Traversal Section
+  -- NAT Traversal Section (reconstructed)
   -- -----------------------------------------------------------------
   -- Relay when either end is NATed (7 caller, 6 callee), once per
   -- message: flag 8 guards against rewriting the SDP twice (note 42).
@@ -229,9 +231,9 @@ route[4] = function()
 end
 
 onreply_route[1] = function()
-  -- The callee's answer goes through the relay too; the flags of the
-  -- request are still set here (note 44). Only a reply with a body
-  -- carries SDP to rewrite (note 45).
+  -- (reconstructed) The callee's answer goes through the relay too; the
+  -- flags of the request are still set here (note 44). Only a reply with
+  -- a body carries SDP to rewrite (note 45).
   if (isflagset(6) or isflagset(7)) and regex_match(msg.status, "(180)|(183)|2[0-9][0-9]") then
     if not search("^Content-Length:[ ]*0") then
       use_media_proxy()
