@@ -347,7 +347,7 @@ pub fn intercept(w: &Worker, now: Instant, inc: Incoming) -> Option<Incoming> {
                         w.env.worker,
                         describe_first_line(&inc.data),
                         inc.src,
-                        clean_lua_error(&e),
+                        first_part(&clean_lua_error(&e)),
                         filter_hint()
                     ),
                 );
@@ -399,9 +399,14 @@ fn describe_first_line(data: &[u8]) -> String {
     format!("'{line}'")
 }
 
+/// An error without its stack traceback (a filter is one expression).
+fn first_part(e: &str) -> &str {
+    e.split("\nstack traceback:").next().unwrap_or(e).trim_end()
+}
+
 fn filter_hint() -> String {
     format!(
-        " (a filter sees msg, Lua's {} and the test primitives {})",
+        "\n(a filter sees msg, Lua's {} and the test primitives {})",
         FILTER_LUA.join(", "),
         FILTER_PRIMITIVES.join(", ")
     )

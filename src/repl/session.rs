@@ -402,6 +402,8 @@ impl Sandbox {
         let Some(ctx) = self.ctx.take() else {
             return Reply::err("no message".into());
         };
+        // The sandbox's clock is the real one (binding expiry, nonces).
+        self.env.set_now(Instant::now());
         let before = Snapshot::of(&ctx, &self.env);
         let (ctx, result) = self.script.call_with_ctx(&self.call, (f, self.handler.clone()), ctx);
         let mut text = std::mem::take(&mut *self.printed.borrow_mut());
