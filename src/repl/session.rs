@@ -483,6 +483,10 @@ impl Sandbox {
                 .collect();
             out.push(format!("SDP rewritten: {}", lines.join(" | ")));
         }
+        let changed = changed_headers(&before.wire, &ctx.msg.to_bytes());
+        if !changed.is_empty() {
+            out.push(format!("headers changed: {} (:diff shows how)", changed.join(", ")));
+        }
         let ruri = ctx.msg.ruri().map(|u| u.to_string());
         if ruri != before.ruri {
             out.push(format!(
@@ -557,6 +561,8 @@ struct Snapshot {
     ruri: Option<String>,
     dst_uri: Option<String>,
     body: Bytes,
+    /// The whole message as it would go out.
+    wire: Bytes,
     dropped: bool,
     txns: usize,
 }
@@ -569,6 +575,7 @@ impl Snapshot {
             ruri: ctx.msg.ruri().map(|u| u.to_string()),
             dst_uri: ctx.dst_uri.as_ref().map(|u| u.to_string()),
             body: Bytes::copy_from_slice(ctx.msg.body()),
+            wire: ctx.msg.to_bytes(),
             dropped: ctx.dropped,
             txns: env.shared.tm.len(),
         }
@@ -592,6 +599,26 @@ pub fn describe_transmit(t: &Transmit, ctx: Option<&MsgCtx>) -> String {
         },
         Err(_) => format!("{} bytes -> {to}", t.data.len()),
     }
+}
+
+/// The names of the header fields that differ between two versions of a
+/// message (added, removed or rewritten), in the order they appear; the
+/// start line and the body are reported on their own.
+fn changed_headers(old: &[u8], new: &[u8]) -> Vec<String> {
+    fn fields(m: &[u8]) -> Vec<String> {
+        let text = String::from_utf8_lossy(m);
+        let head = text.split("\r\n\r\n").next().unwrap_or("");
+        head.split("\r\n").skip(1).map(str::to_string).collect()
+    }
+    let (a, b) = (fields(old), fields(new));
+    let mut names: Vec<String> = Vec::new();
+    for line in b.iter().filter(|l| !a.contains(l)).chain(a.iter().filter(|l| !b.contains(l))) {
+        let name = line.split(':').next().unwrap_or("").trim().to_string();
+        if !name.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 fn binding_text(row: &BindingRow) -> String {
