@@ -11,6 +11,10 @@
 //!   client's `release`, the deadline, or the client going away, and is
 //!   then routed through the real script by the worker that caught it. One
 //!   held message per proxy at a time, so no more than one call waits.
+//!   Only requests are held (a matching reply, with `replies`, is copied).
+//!   Other requests of the held one's call are not: a CANCEL sent while its
+//!   INVITE waits is routed at once and finds no transaction, and the INVITE
+//!   goes on when released.
 //!
 //! The session runs on a thread of its own in the proxy over a dry-run
 //! copy of the live state ([`crate::repl::session::Session::live`]; the
@@ -21,8 +25,9 @@
 //! primitives that only test the message ([`FILTER_PRIMITIVES`]). One that
 //! would change state (`save`, `sl_send_reply`, `www_authorize`, which
 //! records nonce counts) is not there, so a filter cannot act on live
-//! traffic. A filter that does not compile, or that fails on a message, is
-//! reported to the client and forgotten.
+//! traffic. It runs under the routes' runaway guard (stopped after
+//! [`crate::script::ROUTE_TIME_LIMIT`]). A filter that does not compile, or
+//! that fails on a message, is reported to the client and forgotten.
 //!
 //! # Protocol (JSON lines on the control socket)
 //!
