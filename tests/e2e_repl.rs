@@ -13,7 +13,10 @@
 //!   4. a filter that does not compile is refused at once; one that fails
 //!      on a message (it calls a primitive filters may not use) is
 //!      reported when the first message comes (`bad_filters_are_reported`);
-//!   5. a REGISTER held and run through the registrar in the dry run
+//!   5. a CANCEL of the held INVITE releases it: the INVITE, then the
+//!      CANCEL, reach the UAS, which answers 200 and 487
+//!      (`cancel_of_a_held_invite_routes_both_in_order`);
+//!   6. a REGISTER held and run through the registrar in the dry run
 //!      reports the 200 and the binding it would save, the live location
 //!      table stays empty until `:release` (`dry_run_save_is_not_committed`).
 //!
@@ -305,6 +308,59 @@ fn disconnect_releases_at_once() {
             gone.elapsed()
         )
     });
+    proxy.ensure_alive(&ctx);
+}
+
+#[test]
+fn cancel_of_a_held_invite_routes_both_in_order() {
+    let ctx = Ctx::new("repl_cancel_of_a_held_invite_routes_both_in_order");
+    if !sipp_or_skip(&ctx.name) {
+        return;
+    }
+    let uas_port = free_udp_port();
+    // cancel_uas.xml: INVITE → 180; CANCEL → 200, 487; ACK.
+    let uas = SippRun::spawn(&ctx, SippOpts::uas("cancel_uas.xml", uas_port, 1).timeout(Duration::from_secs(60)));
+    let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(uas_port)));
+    let sock = ctl_path(&ctx);
+    let mut repl = Repl::start(
+        &ctx,
+        "repl",
+        &[
+            "--attach",
+            &sock,
+            "--match",
+            r#"msg.method == "INVITE""#,
+            "--hold",
+            "--timeout",
+            "30",
+        ],
+    );
+    repl.expect(&ctx, "that it waits", WAIT, |l| l.starts_with("waiting for a message matching"));
+    let mut peer = UdpPeer::bind();
+    let call = Call::new(peer.addr, proxy.addr);
+    peer.send(&call.invite(), proxy.addr);
+    repl.expect(&ctx, "the held INVITE", WAIT, |l| l.starts_with("held: the real message waits"));
+    let cancelled = Instant::now();
+    peer.send(&call.cancel(), proxy.addr);
+    repl.expect(&ctx, "that the CANCEL released it", WAIT, |l| {
+        l.contains("cancelled the held INVITE")
+    });
+    let got = peer.recv_match(Instant::now() + WAIT, |m| m.status() == Some(487));
+    let Some(r487) = got else {
+        ctx.fail(&format!(
+            "no 487 for the cancelled INVITE; the UAC saw:\n{}",
+            peer.transcript(cancelled)
+        ));
+    };
+    peer.send(&call.ack_for(&r487.msg), proxy.addr);
+    ctx.ensure(cancelled.elapsed() < Duration::from_secs(10), || {
+        format!("the 487 took {:?} (the hold deadline was 30 s)", cancelled.elapsed())
+    });
+    let uas_r = uas.wait(Duration::from_secs(15));
+    ctx.ensure(uas_r.ok() && uas_r.successful == Some(1), || {
+        format!("the UAS saw INVITE then CANCEL and finished: {}", uas_r.describe())
+    });
+    repl.finish(Duration::from_secs(10));
     proxy.ensure_alive(&ctx);
 }
 

@@ -12,9 +12,10 @@
 //!   then routed through the real script by the worker that caught it. One
 //!   held message per proxy at a time, so no more than one call waits.
 //!   Only requests are held (a matching reply, with `replies`, is copied).
-//!   Other requests of the held one's call are not: a CANCEL sent while its
-//!   INVITE waits is routed at once and finds no transaction, and the INVITE
-//!   goes on when released.
+//!   A CANCEL of the held INVITE (RFC 3261 §9.1: same branch and CSeq
+//!   number) releases it: the INVITE, then the CANCEL, are routed in that
+//!   order by the worker that caught the INVITE, so the CANCEL finds its
+//!   transaction and the caller's hang-up is not lost.
 //!
 //! The session runs on a thread of its own in the proxy over a dry-run
 //! copy of the live state ([`crate::repl::session::Session::live`]; the
@@ -40,7 +41,7 @@
 //! - `{"event": "caught", "held": bool, "deadline_ms": N, "worker": N,
 //!   "src": "udp:IP:PORT", "banner": …, "routes": […], "message": …}`;
 //! - `{"event": "error", "error": …}`: the filter failed in a worker;
-//! - `{"event": "released", "why": "deadline"}`;
+//! - `{"event": "released", "why": "deadline"}` (or `"why": "CANCEL"`);
 //! - `{"reply": {"text": …, "ok": bool, "incomplete": bool}}` for each
 //!   client line `{"line": "LUA OR :COMMAND"}` or `{"cmd": "release"}`.
 //!
@@ -118,6 +119,9 @@ pub enum Event {
     },
     /// Its filter failed (does not compile, or raised an error on a message).
     Failed(String),
+    /// The held message was routed without the session asking: `deadline`
+    /// (the hub's safety net) or `CANCEL` (its sender cancelled it).
+    Released(&'static str),
 }
 
 /// A filter waiting for its message.
@@ -138,6 +142,7 @@ struct Held {
     key: String,
     inc: Incoming,
     deadline: Instant,
+    events: mpsc::UnboundedSender<Event>,
 }
 
 #[derive(Default)]
@@ -242,6 +247,48 @@ impl AttachHub {
         Some(w)
     }
 
+    /// Releases session `id`'s held message on the proxy's own initiative
+    /// and tells the session why.
+    fn release_because(&self, id: u64, why: &'static str) {
+        let held = {
+            let mut st = self.state.lock();
+            let h = if st.held.as_ref().is_some_and(|h| h.id == id) {
+                st.held.take()
+            } else {
+                None
+            };
+            self.refresh(&st);
+            h
+        };
+        if let Some(h) = held {
+            let _ = h.events.send(Event::Released(why));
+            self.route(h);
+        }
+    }
+
+    /// A CANCEL of the held INVITE (transaction `key`) arrived: the INVITE
+    /// goes first, then the CANCEL, both by the INVITE's worker. Returns
+    /// the CANCEL when nothing (any more) is held for it.
+    fn release_with_cancel(&self, key: &str, cancel: Incoming) -> Option<Incoming> {
+        let held = {
+            let mut st = self.state.lock();
+            let h = if st.held.as_ref().is_some_and(|h| h.key == key) {
+                st.held.take()
+            } else {
+                None
+            };
+            self.refresh(&st);
+            h
+        };
+        let Some(h) = held else {
+            return Some(cancel);
+        };
+        tracing::info!(worker = h.worker, "repl: CANCEL of the held INVITE: both routed");
+        let _ = h.events.send(Event::Released("CANCEL"));
+        self.route_then(h, Some(cancel));
+        None
+    }
+
     /// Releases whatever is held (the proxy is stopping).
     pub fn release_all(&self) {
         let held = {
@@ -261,11 +308,14 @@ impl AttachHub {
     }
 
     fn route(&self, h: Held) {
-        let ok = self
-            .releasers
-            .get()
-            .and_then(|r| r.get(h.worker))
-            .is_some_and(|release| release(h.inc));
+        self.route_then(h, None);
+    }
+
+    /// Routes the held message, then `next` (in that order: one worker's
+    /// channel keeps it).
+    fn route_then(&self, h: Held, next: Option<Incoming>) {
+        let release = self.releasers.get().and_then(|r| r.get(h.worker));
+        let ok = release.is_some_and(|release| release(h.inc) && next.is_none_or(release));
         if ok {
             tracing::info!(worker = h.worker, "repl: held message released to the script");
         } else {
@@ -306,7 +356,7 @@ pub fn intercept(w: &Worker, now: Instant, inc: Incoming) -> Option<Incoming> {
     };
     // A safety net under the session's own deadline timer.
     if let Some(id) = overdue {
-        hub.release(id);
+        hub.release_because(id, "deadline");
     }
     COMPILED.with(|c| c.borrow_mut().retain(|(id, _)| filters.iter().any(|f| f.0 == *id)));
     let Ok(mut msg) = SipMessage::parse(inc.data.clone()) else {
@@ -317,6 +367,10 @@ pub fn intercept(w: &Worker, now: Instant, inc: Incoming) -> Option<Incoming> {
         if *key == crate::tm::server_key(&msg, m) {
             tracing::debug!("repl: retransmission of the held message absorbed");
             return None;
+        }
+        // RFC 3261 §9.1: a CANCEL carries its INVITE's branch and CSeq number.
+        if *m == crate::sip::Method::Cancel && *key == crate::tm::server_key(&msg, &crate::sip::Method::Invite) {
+            return hub.release_with_cancel(key, inc);
         }
     }
     if filters.is_empty() {
@@ -388,6 +442,7 @@ pub fn intercept(w: &Worker, now: Instant, inc: Incoming) -> Option<Incoming> {
                 key,
                 inc,
                 deadline,
+                events: waiting.events.clone(),
             });
             hub.refresh(&st);
             tracing::info!(worker = w.env.worker, "repl: message held for a REPL session");
@@ -544,6 +599,7 @@ where
                     send(&mut wr, json!({ "event": "error", "error": e })).await;
                     return;
                 }
+                Some(Event::Released(_)) => {}
                 None => return,
             },
             l = next_line(&mut rd) => match l {
@@ -601,6 +657,17 @@ where
     let mut pending: Option<tokio::sync::oneshot::Receiver<Reply>> = None;
     loop {
         tokio::select! {
+            ev = rx.recv(), if !released => match ev {
+                Some(Event::Released(why)) => {
+                    released = true;
+                    if !send(&mut wr, json!({ "event": "released", "why": why })).await {
+                        return;
+                    }
+                }
+                Some(_) => {}
+                // The hub dropped the held message (the proxy is stopping): nothing more comes.
+                None => released = true,
+            },
             _ = &mut timer, if !released => {
                 released = true;
                 if hub.release(id).is_some() {

@@ -517,11 +517,13 @@ fn run_attached(sock: PathBuf, args: &ReplArgs) -> ExitCode {
                 continue;
             };
             if v.get("event").and_then(Value::as_str) == Some("released") {
-                let why = v.get("why").and_then(Value::as_str).unwrap_or("");
-                print_event(
-                    &events,
-                    format!("[the hold {why} passed: the message was released and routed through the real script]"),
-                );
+                let text = match v.get("why").and_then(Value::as_str) {
+                    Some("CANCEL") => {
+                        "[its sender cancelled the held INVITE: the INVITE, then the CANCEL, were routed through the real script]"
+                    }
+                    _ => "[the hold deadline passed: the message was released and routed through the real script]",
+                };
+                print_event(&events, text.to_string());
                 continue;
             }
             if tx.send(FromProxy::Msg(v)).is_err() {

@@ -62,7 +62,9 @@
 //! `fix_nated_contact`, an SDP rewrite) are shown by `:show` and `:diff`
 //! and never reach the real message. With `--hold` the real message waits
 //! (its retransmissions are absorbed) until `:release` routes the
-//! *original* through the real script for real, or until the deadline.
+//! *original* through the real script for real, or until the deadline, the
+//! session's end, or a CANCEL of it (then the INVITE and the CANCEL are
+//! routed in that order).
 
 pub mod attach;
 pub mod cli;
