@@ -594,6 +594,18 @@ fn check_nc(index: u32, nc: u32) -> Result<(), AuthFailure> {
     }
 }
 
+/// [`check_nc`] without recording the count: what it would answer.
+fn peek_nc(index: u32, nc: u32) -> Result<(), AuthFailure> {
+    let current = NEXT_INDEX.load(Ordering::Relaxed);
+    if current.wrapping_sub(index) as usize > NC_SLOTS {
+        return Err(AuthFailure::NcWindow);
+    }
+    if nc <= NC_TABLE[index as usize % NC_SLOTS].load(Ordering::Relaxed) {
+        return Err(AuthFailure::ReplayedNc);
+    }
+    Ok(())
+}
+
 // ---- module configuration -----------------------------------------------------
 
 /// Which nonces a response may answer (RFC 2617 §3.2.1: the nonce is
@@ -848,7 +860,14 @@ fn verify(cfg: &AuthConfig, env: &Env, ctx: &MsgCtx, realm: &str, kind: Kind, me
             return Err(refuse(AuthFailure::StaleNonce, who));
         }
         if let Some((_, n, _, _)) = qop {
-            check_nc(nonce.index, n).map_err(|why| refuse(why, who))?;
+            // A dry run (REPL) must leave the count alone: the real request,
+            // routed after it, carries the same nc and must not look replayed.
+            let checked = if env.shared.dry_run {
+                peek_nc(nonce.index, n)
+            } else {
+                check_nc(nonce.index, n)
+            };
+            checked.map_err(|why| refuse(why, who))?;
         }
     }
     Ok(Authorized {
@@ -1161,6 +1180,17 @@ mod tests {
         // An index older than the table is stale, not replayed.
         let old = NEXT_INDEX.load(Ordering::Relaxed).wrapping_sub(NC_SLOTS as u32 + 5);
         assert_eq!(check_nc(old, 1), Err(AuthFailure::NcWindow));
+    }
+
+    #[test]
+    fn peeking_a_nonce_count_records_nothing() {
+        let k = NonceKey::new(1);
+        let idx = k.open(&k.issue(0, 1000)).unwrap().index;
+        assert_eq!(peek_nc(idx, 1), Ok(()));
+        assert_eq!(peek_nc(idx, 1), Ok(()), "a dry run leaves the count for the real request");
+        assert_eq!(check_nc(idx, 1), Ok(()));
+        assert_eq!(peek_nc(idx, 1), Err(AuthFailure::ReplayedNc));
+        assert_eq!(peek_nc(idx, 2), Ok(()));
     }
 
     #[test]

@@ -168,6 +168,14 @@ pub struct Shared {
     /// The media relay, started on first use (`force_rtp_proxy`,
     /// `use_media_proxy`); the error when it could not start.
     pub relay: std::sync::OnceLock<Result<crate::relay::RelayHandle, String>>,
+    /// True in a REPL sandbox ([`Shared::dry_copy`]): primitives must not
+    /// change state outside it (auth does not record nonce counts, so the
+    /// real request still authenticates after a dry run of it).
+    pub dry_run: bool,
+    /// `serlua repl --attach`: the filters REPL sessions wait on and the
+    /// message one of them holds (the workers consult it for every
+    /// message while a session is attached).
+    pub attach: crate::repl::attach::AttachHub,
 }
 
 /// How many script errors the status page keeps.
@@ -241,6 +249,36 @@ impl Shared {
             queue_bytes: (0..children).map(|_| AtomicU64::new(0)).collect(),
             draining: Default::default(),
             relay: Default::default(),
+            dry_run: false,
+            attach: Default::default(),
+        }
+    }
+
+    /// A sandbox copy of this proxy's state for a REPL dry run: the same
+    /// configuration, sockets (as descriptions: nothing is bound), secret
+    /// (so nonces this proxy issued check out) and tables as they are now
+    /// ([`crate::store::Store::dry_copy`]), but no transactions, its own
+    /// counters, and `relay` as given (the REPL's dry-run relay, which
+    /// opens no ports). Nothing done in the copy reaches this proxy.
+    pub fn dry_copy(&self, relay: crate::relay::RelayHandle) -> Shared {
+        let relay_slot = std::sync::OnceLock::new();
+        let _ = relay_slot.set(Ok(relay));
+        Shared {
+            cfg: self.cfg.clone(),
+            sockets: self.sockets.clone(),
+            tm: tm::Table::new(self.cfg.tm.max_transactions),
+            secret: self.secret,
+            branch_prefix: self.branch_prefix.clone(),
+            stats: Stats::default(),
+            store: self.store.dry_copy(),
+            epoch: self.epoch,
+            local_ips: self.local_ips.clone(),
+            recent_errors: Default::default(),
+            queue_bytes: (0..self.queue_bytes.len().max(1)).map(|_| AtomicU64::new(0)).collect(),
+            draining: Default::default(),
+            relay: relay_slot,
+            dry_run: true,
+            attach: Default::default(),
         }
     }
 

@@ -31,7 +31,11 @@
 //!
 //! Command names ([`COMMANDS`]): `stats`, `reload`, `reload-tables`,
 //! `ul show [AOR]`, `ul rm AOR`, `sessions`, `tm list`, `log-level LEVEL`,
-//! `version`, `errors`. Words may be joined by a space, `.`, `-` or `_`
+//! `version`, `errors`.
+//!
+//! `{"cmd": "attach", "filter": …}` (plain form only) turns the connection
+//! into a REPL session's (`serlua repl --attach`): see
+//! [`crate::repl::attach`] for that conversation. Words may be joined by a space, `.`, `-` or `_`
 //! (`ul.show`, `reload_tables` and `log.level` all work).
 //!
 //! A line that is not JSON gets a parse error — in JSON-RPC form when the
@@ -420,7 +424,7 @@ async fn accept_loop(state: Arc<State>, listener: tokio::net::UnixListener) {
     }
 }
 
-enum Read {
+pub(crate) enum Read {
     /// A complete line (or the last bytes before end of stream).
     Complete,
     /// Longer than the limit.
@@ -431,7 +435,7 @@ enum Read {
 
 /// Reads one line into `out` (without its `\n`), never holding more than
 /// `max` bytes of it.
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R, out: &mut Vec<u8>, max: usize) -> std::io::Result<Read> {
+pub(crate) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R, out: &mut Vec<u8>, max: usize) -> std::io::Result<Read> {
     loop {
         let buf = rd.fill_buf().await?;
         if buf.is_empty() {
@@ -472,7 +476,14 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
                 };
                 (Some(reply), true)
             }
-            Ok(Ok(Read::Complete)) => (handle_line(&state, &line).await, false),
+            Ok(Ok(Read::Complete)) => {
+                if let Some(req) = attach_request(&line) {
+                    // The connection becomes a REPL session's (src/repl/attach.rs).
+                    crate::repl::attach::serve(state.control.clone(), req, rd, wr).await;
+                    return;
+                }
+                (handle_line(&state, &line).await, false)
+            }
         };
         if let Some(reply) = reply {
             match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(reply.as_bytes())).await {
@@ -484,6 +495,15 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
             let _ = wr.shutdown().await;
             return;
         }
+    }
+}
+
+/// The request when it is `{"cmd": "attach", …}` (`serlua repl --attach`):
+/// a conversation, not one request and one answer.
+fn attach_request(line: &[u8]) -> Option<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(o)) if o.get("cmd").and_then(Value::as_str).is_some_and(|c| norm(c) == "attach") => Some(o),
+        _ => None,
     }
 }
 

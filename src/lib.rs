@@ -22,6 +22,7 @@ pub mod permissions;
 pub mod persist;
 pub mod registrar;
 pub mod relay;
+pub mod repl;
 pub mod rr;
 pub mod rtpproxy;
 pub mod script;

@@ -51,6 +51,8 @@ enum Cmd {
     Ctl(serlua::ctl::CtlArgs),
     /// Run a standalone media relay driven over rtpengine's ng protocol (Kamailio's rtpengine module, or serlua's ng client).
     Relay(RelayArgs),
+    /// Evaluate Lua against one SIP message in a dry-run sandbox: offline (SCRIPT --msg FILE) or caught live (--attach --match EXPR [--hold]).
+    Repl(serlua::repl::cli::ReplArgs),
     /// Run Lua unit tests of route scripts (*_test.lua, busted style) against recorded SIP traces.
     Test(TestArgs),
 }
@@ -218,6 +220,7 @@ fn main() -> ExitCode {
         Cmd::Ctl(args) => serlua::ctl::run(args),
         Cmd::Relay(args) => run_relay(args),
         Cmd::Test(args) => run_tests(args),
+        Cmd::Repl(args) => serlua::repl::cli::run(args),
         Cmd::Check { script } => match app::load_and_check(&script) {
             Ok(_) => {
                 println!("{}: OK", script.display());

@@ -60,6 +60,16 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
         ctl_txs.push(tx);
         ctl_rxs.push(Some(rx));
     }
+    // A message held for a REPL session goes back to its worker to be routed.
+    shared.attach.set_releasers(
+        ctl_txs
+            .iter()
+            .map(|tx| {
+                let tx = tx.clone();
+                Box::new(move |inc| tx.send(WorkerCtl::Release(inc)).is_ok()) as crate::repl::attach::Releaser
+            })
+            .collect(),
+    );
     let db_reload: Arc<std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>> = Arc::new(std::sync::OnceLock::new());
     let dbr = db_reload.clone();
     let mut control = Control::new(shared.clone(), script.clone())
@@ -190,6 +200,9 @@ pub fn run(shared: Arc<Shared>, script: PathBuf, log_level: Option<LogLevelFn>) 
     // Graceful shutdown: new requests get 503 while the transactions in
     // flight finish (up to shutdown_timeout), then usrloc is flushed.
     shared.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A message held for a REPL goes through now (as a new request it gets
+    // the 503 of a draining proxy; its sender can try elsewhere).
+    shared.attach.release_all();
     let until = Instant::now() + shared.cfg.shutdown_timeout;
     while shared.tm.pending() > 0 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
@@ -223,6 +236,8 @@ enum WorkerCtl {
     Commit(std::sync::mpsc::Sender<()>),
     /// Drop the VM prepared.
     Abort,
+    /// Route a message a REPL session held (`serlua repl --attach --hold`).
+    Release(crate::transport::Incoming),
 }
 
 /// The script reload hook: check the script, have every worker load it,
@@ -350,7 +365,7 @@ fn worker_thread(setup: WorkerSetup) {
             tokio::task::spawn_local(udp_loop(worker.clone(), io.clone(), id, sock));
         }
         tokio::task::spawn_local(timer_loop(worker.clone(), io.clone()));
-        let (wk, path) = (worker.clone(), script.clone());
+        let (wk, path, io3) = (worker.clone(), script.clone(), io.clone());
         tokio::task::spawn_local(async move {
             let mut prepared: Option<crate::script::Script> = None;
             while let Some(m) = ctl_rx.recv().await {
@@ -375,6 +390,12 @@ fn worker_thread(setup: WorkerSetup) {
                         let _ = done.send(());
                     }
                     WorkerCtl::Abort => prepared = None,
+                    WorkerCtl::Release(inc) => {
+                        let mut w = wk.borrow_mut();
+                        let src = inc.src;
+                        guarded(src, || w.handle(Instant::now(), inc));
+                        flush(&wk, &mut w, &io3);
+                    }
                 }
             }
         });
@@ -527,16 +548,18 @@ async fn udp_loop(worker: WorkerRc, io: Rc<Io>, id: SocketId, sock: Rc<UdpSocket
                     let data = Bytes::copy_from_slice(&buf[..len]);
                     let mut w = worker.borrow_mut();
                     guarded(src, || {
-                        w.handle(
-                            Instant::now(),
-                            Incoming {
-                                local: id,
-                                proto: Proto::Udp,
-                                src,
-                                conn: None,
-                                data,
-                            },
-                        )
+                        let now = Instant::now();
+                        let inc = Incoming {
+                            local: id,
+                            proto: Proto::Udp,
+                            src,
+                            conn: None,
+                            data,
+                        };
+                        // A REPL session may hold it (src/repl/attach.rs).
+                        if let Some(inc) = crate::repl::attach::intercept(&w, now, inc) {
+                            w.handle(now, inc)
+                        }
                     });
                     flush(&worker, &mut w, &io);
                     n += 1;
@@ -646,16 +669,17 @@ async fn tcp_conn(
                     let data = frame.slice(skip..);
                     let mut w = worker.borrow_mut();
                     guarded(peer, || {
-                        w.handle(
-                            Instant::now(),
-                            Incoming {
-                                local,
-                                proto: Proto::Tcp,
-                                src: peer,
-                                conn: Some(id),
-                                data,
-                            },
-                        )
+                        let now = Instant::now();
+                        let inc = Incoming {
+                            local,
+                            proto: Proto::Tcp,
+                            src: peer,
+                            conn: Some(id),
+                            data,
+                        };
+                        if let Some(inc) = crate::repl::attach::intercept(&w, now, inc) {
+                            w.handle(now, inc)
+                        }
                     });
                     flush(&worker, &mut w, &io);
                 }

@@ -64,6 +64,21 @@ impl Store {
         }
     }
 
+    /// A private copy for a dry run (`serlua repl`): subscribers, domains
+    /// and trusted rules are shared read-only as they are now (a later
+    /// reload of the live tables does not reach the copy), the usrloc
+    /// tables are copied ([`Usrloc::dry_copy`]) so that `save()` in the
+    /// copy never reaches the live table or the database.
+    pub fn dry_copy(&self) -> Store {
+        Store {
+            subscribers: ArcSwap::new(self.subscribers.load_full()),
+            domains: ArcSwap::new(self.domains.load_full()),
+            trusted: ArcSwap::new(self.trusted.load_full()),
+            location: self.location.dry_copy(),
+            aliases: self.aliases.dry_copy(),
+        }
+    }
+
     /// The subscriber `username@domain` (auth_db's lookup in the
     /// `subscriber` table), case-insensitive on both parts.
     pub fn subscriber(&self, username: &str, domain: &str) -> Option<Arc<Subscriber>> {

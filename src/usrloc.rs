@@ -436,6 +436,24 @@ impl Usrloc {
         }
     }
 
+    /// A private copy of the table for a dry run (`serlua repl`): the same
+    /// bindings, its own locks, ruids that cannot collide with the live
+    /// table's, and no database thread behind it. Its change queue is kept
+    /// (`persistent`) so that the REPL can read what `save()` and friends
+    /// changed from [`Usrloc::take_pending`]; nothing ever drains it to a
+    /// database.
+    pub fn dry_copy(&self) -> Usrloc {
+        Usrloc {
+            table: self.table,
+            use_domain: self.use_domain,
+            shards: self.shards.iter().map(|s| RwLock::new(s.read().clone())).collect(),
+            pending: Mutex::new(HashMap::new()),
+            persistent: AtomicBool::new(true),
+            next_ruid: AtomicU64::new(1),
+            ruid_prefix: format!("{}-dry", self.ruid_prefix),
+        }
+    }
+
     /// Changes waiting for the database.
     pub fn pending_len(&self) -> usize {
         self.pending.lock().len()

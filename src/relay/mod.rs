@@ -312,6 +312,27 @@ impl RelayChoice {
     }
 }
 
+/// Where the embedded relay binds its media sockets and the address it
+/// writes into rewritten SDP: `rtp_bind`/`advertise` when set, else the
+/// first listen socket's (bound, advertised) address. The REPL's dry run
+/// writes the same address without starting the relay.
+pub fn embedded_addresses(
+    bind: Option<IpAddr>,
+    advertise: Option<IpAddr>,
+    sockets: &[crate::transport::ListenSocket],
+) -> Result<(IpAddr, IpAddr), String> {
+    let first = sockets.first();
+    let bind = bind.or(first.map(|s| s.addr.ip())).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let advertise = advertise
+        .or(first.and_then(|s| s.adv_host.trim_matches(['[', ']']).parse().ok()))
+        .or((!bind.is_unspecified()).then_some(bind))
+        .ok_or_else(|| {
+            "the media relay binds a wildcard address: set modparam(\"rtpproxy\", \"advertise\", \"IP\") to the address phones reach"
+                .to_string()
+        })?;
+    Ok((bind, advertise))
+}
+
 impl RelayChoice {
     /// Starts the relay this choice names. `sockets` are the proxy's
     /// listen sockets: the embedded relay binds and advertises the first
@@ -333,15 +354,7 @@ impl RelayChoice {
                 media_timeout,
                 threads,
             } => {
-                let first = sockets.first();
-                let bind = bind.or(first.map(|s| s.addr.ip())).unwrap_or(IpAddr::from([127, 0, 0, 1]));
-                let advertise = advertise
-                    .or(first.and_then(|s| s.adv_host.trim_matches(['[', ']']).parse().ok()))
-                    .or((!bind.is_unspecified()).then_some(bind))
-                    .ok_or_else(|| {
-                        "the media relay binds a wildcard address: set modparam(\"rtpproxy\", \"advertise\", \"IP\") to the address phones reach"
-                            .to_string()
-                    })?;
+                let (bind, advertise) = embedded_addresses(*bind, *advertise, sockets)?;
                 let e = engine::Engine::start(engine::EngineConfig {
                     bind,
                     advertise: Some(advertise),

@@ -276,6 +276,48 @@ impl Script {
         }
     }
 
+    /// The routes the script defines, per kind: `route.main`,
+    /// `route[1]`, `onreply_route[1]` … (`main` first, then numbers in
+    /// order, then names). The REPL lists and completes them.
+    pub fn route_keys(&self, kind: RouteKind) -> Vec<RouteKey> {
+        let mut keys: Vec<RouteKey> = self.tables[kind_index(kind)]
+            .pairs::<Value, Value>()
+            .filter_map(|kv| match kv {
+                Ok((Value::Integer(n), Value::Function(_))) => Some(RouteKey::Num(n)),
+                Ok((Value::String(s), Value::Function(_))) => Some(RouteKey::Name(s.to_string_lossy())),
+                _ => None,
+            })
+            .collect();
+        let main = |k: &RouteKey| matches!(k, RouteKey::Name(n) if n == "main");
+        keys.sort_by(|a, b| match (a, b) {
+            _ if main(a) != main(b) => main(b).cmp(&main(a)),
+            (RouteKey::Num(x), RouteKey::Num(y)) => x.cmp(y),
+            (RouteKey::Num(_), RouteKey::Name(_)) => std::cmp::Ordering::Less,
+            (RouteKey::Name(_), RouteKey::Num(_)) => std::cmp::Ordering::Greater,
+            (RouteKey::Name(x), RouteKey::Name(y)) => x.cmp(y),
+        });
+        keys
+    }
+
+    /// Calls `f` with `ctx` as the message being routed (what `msg` and
+    /// every primitive see), under the same runaway guard as a route, and
+    /// hands the context back with the call's result. Unlike a route run
+    /// it is not counted in the route-time statistics: the REPL's
+    /// evaluations and the attach filters ([`crate::repl`]) use it.
+    pub fn call_with_ctx(&self, f: &Function, args: impl mlua::IntoLuaMulti, ctx: MsgCtx) -> (MsgCtx, mlua::Result<mlua::MultiValue>) {
+        self.env.set_ctx(ctx);
+        self.started.set(Some(Instant::now()));
+        let was_in_route = IN_ROUTE.with(|c| c.replace(true));
+        let r = f.call::<mlua::MultiValue>(args);
+        IN_ROUTE.with(|c| c.set(was_in_route));
+        self.started.set(None);
+        let ctx = match self.env.take_ctx() {
+            Some(c) => c,
+            None => unreachable_ctx(),
+        };
+        (ctx, r)
+    }
+
     fn run_fn(&self, f: &Function, ctx: MsgCtx, name: impl FnOnce() -> String) -> (MsgCtx, RunOutcome) {
         self.env.set_ctx(ctx);
         let t0 = Instant::now();

@@ -12,6 +12,15 @@ use mlua::{Lua, Value};
 use crate::core::{Env, lua_err};
 use crate::sip::{HeaderName, Uri};
 
+/// The fields `msg.NAME` reads (the REPL completes them).
+pub const FIELDS: &[&str] = &[
+    "method", "ruri", "status", "reason", "len", "src_ip", "src_port", "proto", "body", "call_id", "from_uri", "to_uri", "from_tag",
+    "to_tag", "dst_uri", "flags",
+];
+
+/// The methods `msg:NAME(…)` offers.
+pub const METHODS: &[&str] = &["header", "headers"];
+
 /// Creates the global `msg`.
 pub fn install(lua: &Lua, env: &Rc<Env>) -> mlua::Result<()> {
     let obj = lua.create_table()?;
@@ -124,7 +133,8 @@ fn field(lua: &Lua, ctx: &mut crate::core::MsgCtx, key: &str) -> mlua::Result<Va
         },
         "flags" => Ok(Value::Integer(ctx.flags as i64)),
         other => Err(lua_err(format!(
-            "msg has no field '{other}' (fields: method, ruri, status, reason, len, src_ip, src_port, proto, body, call_id, from_uri, to_uri, from_tag, to_tag, dst_uri, flags; methods: msg:header(name), msg:headers(name))"
+            "msg has no field '{other}' (fields: {}; methods: msg:header(name), msg:headers(name))",
+            FIELDS.join(", ")
         ))),
     }
 }
