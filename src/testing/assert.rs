@@ -458,6 +458,36 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             ))
         })?,
     )?;
+    // busted's `near(expected, actual, tolerance)`: numbers within the
+    // tolerance, for times on the proxy's clock (`m.time`, `px:now()`).
+    set(
+        "near",
+        lua.create_function(|lua, args: Variadic<Value>| {
+            let num = |v: &Value| match v {
+                Value::Integer(i) => Some(*i as f64),
+                Value::Number(n) => Some(*n),
+                _ => None,
+            };
+            let (e, v, tol) = (nth(&args, 0), nth(&args, 1), nth(&args, 2));
+            if let (Some(x), Some(y), Some(t)) = (num(&e), num(&v), num(&tol)) {
+                if (x - y).abs() <= t {
+                    return Ok(());
+                }
+            }
+            Err(fail(
+                lua,
+                "near",
+                args.get(3),
+                format!(
+                    "  expected: {} ± {}\n  actual:   {}\n{}",
+                    render(&e),
+                    render(&tol),
+                    render(&v),
+                    context(lua, None, &v)
+                ),
+            ))
+        })?,
+    )?;
     set(
         "has_error",
         lua.create_function(|lua, args: Variadic<Value>| {
@@ -493,6 +523,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         r#"
         local a = ...
         a.equal, a.not_equal, a.are_equal, a.are_same = a.equals, a.not_equals, a.equals, a.same
+        a.is_near, a.are_near = a.near, a.near
         a.is_truthy, a.is_falsy, a.error, a.errors, a.match = a.truthy, a.falsy, a.has_error, a.has_error, a.matches
         a.is_not_false = function(v, m) if v == false then a.is_not_true(true, m) end end
         a.are, a.is = a, a

@@ -20,7 +20,7 @@ use crate::auth::NoncePolicy;
 use crate::core::Stats;
 use crate::db::{Db, UlTable};
 use crate::relay::RelayChoice;
-use crate::sip::{HeaderName, SipMessage};
+use crate::sip::{HeaderName, Method, SipMessage};
 use crate::transport::{ConnId, Incoming, ListenSocket, Proto, SocketId};
 use crate::worker::Worker;
 
@@ -300,10 +300,44 @@ impl TestProxy {
         Some(reply.to_bytes())
     }
 
+    /// An ACK in a trace that acknowledges a final reply the traced proxy
+    /// generated itself (a 407 challenge, a 403, the 408 of a timeout)
+    /// carries that proxy's To tag. The tag is per process, so this proxy
+    /// would not know it as its own: sl would not absorb the ACK and the
+    /// script would route it onwards (to the Request-URI: a stray ACK, a DNS
+    /// lookup). It takes the To of the reply this proxy sent to the same
+    /// INVITE (Call-ID, CSeq number, From tag) instead, when that reply
+    /// was a non-2xx one with another tag.
+    fn retag_ack(&self, data: &Bytes) -> Option<Bytes> {
+        let mut ack = SipMessage::parse(data.clone()).ok()?;
+        if ack.method() != Some(&Method::Ack) {
+            return None;
+        }
+        let tag = ack.to().tag()?;
+        let reply = self.history.iter().rev().find_map(|m| {
+            let p = m.parsed.as_ref()?;
+            let ok = m.origin == Origin::Sent
+                && p.status().is_some_and(|s| s >= 300)
+                && p.cseq().method == Method::Invite
+                && p.call_id() == ack.call_id()
+                && p.cseq().seq == ack.cseq().seq
+                && p.from().tag() == ack.from().tag();
+            ok.then_some(p)
+        })?;
+        if reply.to().tag().is_none_or(|t| t == tag) {
+            return None;
+        }
+        let to = reply.header(&HeaderName::To)?.to_vec();
+        ack.set_first_value(&HeaderName::To, &to);
+        Some(ack.to_bytes())
+    }
+
     /// Feeds the messages of a trace addressed to the proxy (`proxy`: its
     /// addresses in the trace; by default this proxy's own), in order and
     /// at their recorded relative times; replies from downstream take the
-    /// branch of the request this proxy forwarded. Returns how many were fed.
+    /// branch of the request this proxy forwarded, and ACKs of the traced
+    /// proxy's own non-2xx replies the To tag of this proxy's
+    /// ([`TestProxy::retag_ack`]). Returns how many were fed.
     pub fn replay(&mut self, msgs: &[Rc<Msg>], proxy: Option<Vec<SocketAddr>>, count: Option<usize>) -> Result<usize, String> {
         let ours = proxy.unwrap_or_else(|| self.addresses());
         let start = self.now;
@@ -322,7 +356,7 @@ impl TestProxy {
             let data = if m.parsed.as_ref().is_some_and(|p| !p.is_request()) {
                 self.rebranch(&m.data).unwrap_or_else(|| m.data.clone())
             } else {
-                m.data.clone()
+                self.retag_ack(&m.data).unwrap_or_else(|| m.data.clone())
             };
             self.receive(data, m.src, Some(m.dst), m.proto)?;
             fed += 1;

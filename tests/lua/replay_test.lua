@@ -101,3 +101,23 @@ describe("relay.lua", function()
     end
   end)
 end)
+
+describe("an INVITE the proxy answers by itself", function()
+  it("absorbs the recorded ACK of the recorded proxy's own 403, as that proxy did", function()
+    -- The recorded ACK carries the recorded proxy's To tag; replayed, it
+    -- takes this proxy's, so sl absorbs it before the script, which would
+    -- relay it to its Request-URI, 127.0.0.2:5060.
+    local px = proxy([[
+listen = "udp:127.0.0.1:5060"
+function route.main()
+  if msg.method == "INVITE" then sl_send_reply(403, "Forbidden") return end
+  t_relay()
+end
+]])
+    local tr = trace.load("tests/traces/pstn_foreign.pcap")   -- INVITE, 403, ACK through lua/pstn.lua
+    px:replay(tr)
+    assert.same(sent_by(tr, "127.0.0.1:5060"), flow(px:sent()))
+    assert.equals(1, #px:routes())
+    assert.near(tr[2].time, px:history()[1].time, 0.01)
+  end)
+end)
