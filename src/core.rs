@@ -111,6 +111,8 @@ pub struct Stats {
     pub db_errors: AtomicU64,
     /// NAT keepalives sent.
     pub nat_pings: AtomicU64,
+    /// Requests `pike_check_req()` refused (their source is blocked).
+    pub pike_refused: AtomicU64,
 }
 
 impl Stats {
@@ -168,6 +170,9 @@ pub struct Shared {
     /// The media relay, started on first use (`force_rtp_proxy`,
     /// `use_media_proxy`); the error when it could not start.
     pub relay: std::sync::OnceLock<Result<crate::relay::RelayHandle, String>>,
+    /// pike's table of request rates and blocked sources, shared by every
+    /// worker.
+    pub pike: crate::pike::Pike,
 }
 
 /// How many script errors the status page keeps.
@@ -227,6 +232,7 @@ impl Shared {
         let max = cfg.tm.max_transactions;
         let children = cfg.children.max(1);
         let store = crate::store::Store::new(&cfg, secret);
+        let pike = crate::pike::Pike::new(cfg.pike.clone());
         Shared {
             cfg,
             sockets,
@@ -241,6 +247,7 @@ impl Shared {
             queue_bytes: (0..children).map(|_| AtomicU64::new(0)).collect(),
             draining: Default::default(),
             relay: Default::default(),
+            pike,
         }
     }
 
