@@ -359,6 +359,9 @@ pub struct CoreConfig {
     pub pike: crate::pike::PikeConfig,
     /// Every `modparam` of the script.
     pub params: ModParams,
+    /// Which digest nonces `www_authorize`/`proxy_authorize` accept; only
+    /// `serlua test` changes it.
+    pub nonce_policy: crate::auth::NoncePolicy,
 }
 
 impl CoreConfig {
@@ -391,6 +394,7 @@ impl CoreConfig {
             relay,
             pike,
             params,
+            nonce_policy: crate::auth::NoncePolicy::Issued,
         })
     }
 
