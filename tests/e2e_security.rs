@@ -4,7 +4,10 @@
 //! 20 requests, `serlua ctl pike` (table and `--json`) shows the source
 //! with its hits and time left, `serlua ctl pike rm 127.0.0.1` lets it in
 //! again at once, and a sipvicious User-Agent gets nothing at all
-//! (`pike_ban_table_in_ctl`).
+//! (`pike_ban_table_in_ctl`); the real sipvicious tools, svmap sweeping
+//! for SIP servers and svwar guessing extensions, get no answer and find
+//! nothing (`sipvicious_finds_nothing`; skipped without sipvicious unless
+//! SERLUA_REQUIRE_SIPVICIOUS=1).
 //!
 //!   cargo test --test e2e_security
 
@@ -12,10 +15,11 @@
 mod harness;
 
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::sip::{Call, UdpPeer};
-use harness::{Ctx, Output, Proxy, ProxyOpts, describe_status, free_udp_port, run_serlua};
+use harness::{ChildGuard, Ctx, Output, Proxy, ProxyOpts, describe_status, free_udp_port, run_serlua, which};
 use serde_json::Value;
 
 fn ctl(ctx: &Ctx, sock: &str, label: &str, args: &[&str]) -> Output {
@@ -103,6 +107,82 @@ fn pike_ban_table_in_ctl() {
     ctx.ensure(burst(&mut scanner, proxy.addr, 3, "friendly-scanner") == 0, || {
         "a friendly-scanner OPTIONS was answered".into()
     });
+    proxy.ensure_alive(&ctx);
+    proxy.stop();
+}
+
+/// Runs a sipvicious tool with `args` (60 s at most) and returns what it
+/// printed (its results on stdout, its log lines on stderr).
+fn sipvicious(ctx: &Ctx, tool: &std::path::Path, label: &str, args: &[&str]) -> String {
+    let out = ctx.path(&format!("{label}.stdout.log"));
+    let err = ctx.path(&format!("{label}.stderr.log"));
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .current_dir(&ctx.dir)
+        .env("HOME", &ctx.dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("log"))
+        .stderr(std::fs::File::create(&err).expect("log"));
+    ctx.note(format!("{label}: {cmd:?}"));
+    ctx.add_log(label, err.clone());
+    let mut child = ChildGuard::spawn(label, &mut cmd).unwrap_or_else(|e| ctx.fail(&format!("start {label}: {e}")));
+    let st = child.wait_until(Instant::now() + Duration::from_secs(60));
+    ctx.ensure(st.is_some(), || format!("{label} still running after 60 s"));
+    std::fs::read_to_string(&out).unwrap_or_default() + &std::fs::read_to_string(&err).unwrap_or_default()
+}
+
+#[test]
+fn sipvicious_finds_nothing() {
+    let ctx = Ctx::new("sipvicious");
+    let (Some(svmap), Some(svwar)) = (which("svmap"), which("svwar")) else {
+        if std::env::var("SERLUA_REQUIRE_SIPVICIOUS").is_ok_and(|v| !v.is_empty() && v != "0") {
+            panic!("sipvicious_finds_nothing: svmap/svwar are not installed (apt-get install sipvicious)");
+        }
+        eprintln!("skipped sipvicious_finds_nothing: sipvicious is not installed (apt-get install sipvicious)");
+        return;
+    };
+    let port = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{port}");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut proxy = Proxy::start(
+        &ctx,
+        ProxyOpts::relay(addr).script("tests/scripts/security.lua").listen(&listen, addr),
+    );
+    let requests = |ctx: &Ctx| {
+        let s = serlua::ctl::call(&ctx.path("serlua.ctl"), "stats", &[]).unwrap_or_else(|e| ctx.fail(&format!("ctl stats: {e}")));
+        s["received"]["requests"].as_u64().unwrap_or(0)
+    };
+    let before = requests(&ctx);
+    let port_s = port.to_string();
+    let map = sipvicious(&ctx, &svmap, "svmap", &["-p", &port_s, "--debug", "127.0.0.1"]);
+    ctx.ensure(map.contains("found nothing") && !map.contains("SIP/2.0 "), || {
+        format!("svmap found the proxy:\n{map}")
+    });
+    let war = sipvicious(
+        &ctx,
+        &svwar,
+        "svwar",
+        &[
+            "-m",
+            "REGISTER",
+            "-e",
+            "100-120",
+            "--force",
+            "--debug",
+            "--domain",
+            "example.com",
+            "-p",
+            &port_s,
+            "--maximumtime",
+            "5",
+            "127.0.0.1",
+        ],
+    );
+    ctx.ensure(war.contains("found nothing") && !war.contains("b'SIP/2.0 "), || {
+        format!("svwar got answers:\n{war}")
+    });
+    let after = requests(&ctx);
+    ctx.ensure(after > before, || "the scans never reached serlua".into());
     proxy.ensure_alive(&ctx);
     proxy.stop();
 }
