@@ -748,6 +748,19 @@ pub fn authorize(cfg: &AuthConfig, env: &Env, ctx: &mut MsgCtx, realm: &str, kin
         }
         Err((why, user)) => {
             tracing::debug!(user = %user, realm = %realm, "{}: refused: {why}", kind.name());
+            // Credentials that were tried and are wrong are what a password
+            // guesser produces; a first request without any, or an old
+            // nonce after a restart, are what honest phones do.
+            if matches!(why, AuthFailure::WrongResponse | AuthFailure::UnknownUser) && env.shared.pike.auth_failed(ctx.src.ip(), env.now())
+            {
+                let c = env.shared.pike.config();
+                tracing::warn!(
+                    "pike: {} blocked for {} s: {} failed digest authorizations (last for user '{user}')",
+                    ctx.src.ip(),
+                    c.latency.as_secs(),
+                    c.auth_failures
+                );
+            }
             ctx.auth.failure = Some(why);
             false
         }

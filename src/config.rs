@@ -189,6 +189,11 @@ pub const PARAMS: &[ParamDef] = &[
     param("nathelper", "sipping_method", ParamKind::Str),
     param("nathelper", "sipping_from", ParamKind::Str),
     param("mediaproxy", "natping_interval", ParamKind::Int),
+    param("pike", "sampling_time_unit", ParamKind::Int),
+    param("pike", "reqs_density_per_unit", ParamKind::Int),
+    param("pike", "remove_latency", ParamKind::Int),
+    param("pike", "auth_failures", ParamKind::Int),
+    param("pike", "max_entries", ParamKind::Int),
 ];
 
 const fn param(module: &'static str, name: &'static str, kind: ParamKind) -> ParamDef {
@@ -350,6 +355,8 @@ pub struct CoreConfig {
     /// The media relay the script's `force_rtp_proxy`/`use_media_proxy`
     /// drive (`modparam("rtpproxy", "relay", …)`).
     pub relay: crate::relay::RelayChoice,
+    /// pike's rate limits (`modparam("pike", …)`).
+    pub pike: crate::pike::PikeConfig,
     /// Every `modparam` of the script.
     pub params: ModParams,
     /// Which digest nonces `www_authorize`/`proxy_authorize` accept; only
@@ -364,6 +371,7 @@ impl CoreConfig {
         let rr_double = params.int("rr", "enable_double_rr", 1) != 0;
         let maxfwd_limit = params.int("maxfwd", "max_limit", 256).clamp(0, 255) as u32;
         let relay = crate::relay::RelayChoice::from_params(&params)?;
+        let pike = crate::pike::PikeConfig::from_params(&params)?;
         Ok(CoreConfig {
             listen: Vec::new(),
             children: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
@@ -384,6 +392,7 @@ impl CoreConfig {
             log_stderror: true,
             pid_file: "serlua.pid".into(),
             relay,
+            pike,
             params,
             nonce_policy: crate::auth::NoncePolicy::Issued,
         })

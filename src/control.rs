@@ -114,7 +114,7 @@ impl Control {
             "transactions": self.shared.tm.len(),
             "registrations": { "bindings": store.location.binding_count(), "aliases": store.aliases.binding_count(), "subscribers": store.subscriber_count() },
             "errors": { "parse": load(&s.parse_errors), "script": load(&s.script_errors), "overload_503": load(&s.overload_503),
-                        "dropped": load(&s.dropped), "database": load(&s.db_errors) },
+                        "dropped": load(&s.dropped), "database": load(&s.db_errors), "pike_refused": load(&s.pike_refused) },
             "database_queue": store.location.pending_len() + store.aliases.pending_len(),
             "nat_pings": load(&s.nat_pings),
             "workers": self.shared.queue_bytes.iter().enumerate().map(|(i, q)| json!({ "worker": i, "queue_bytes": load(q) })).collect::<Vec<_>>(),
@@ -266,6 +266,40 @@ impl Control {
         }
     }
 
+    /// `pike`: the sources pike blocks now (the ban table of SER's
+    /// `pike.top` RPC, reduced to the red ones): address, why, requests
+    /// refused, requests counted, failed authorizations, seconds left.
+    pub fn pike_list(&self) -> Value {
+        let now = Instant::now();
+        Value::Array(
+            self.shared
+                .pike
+                .blocked(now)
+                .into_iter()
+                .map(|b| {
+                    json!({ "ip": b.source, "reason": b.reason.as_str(), "refused": b.refused, "hits": b.hits,
+                        "auth_failures": b.auth_failures, "expires_in": b.left.as_secs_f64().ceil() as u64 })
+                })
+                .collect(),
+        )
+    }
+
+    /// `pike rm IP`: unblocks a source at once.
+    pub fn pike_rm(&self, ip: &str) -> Result<Value, String> {
+        let addr: std::net::IpAddr = ip
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("'{ip}' is not an IP address"))?;
+        if self.shared.pike.unblock(addr, Instant::now()) {
+            tracing::info!("pike: {ip} unblocked by the control socket");
+            Ok(json!({ "unblocked": ip }))
+        } else {
+            Err(format!("{ip} is not blocked"))
+        }
+    }
+
     /// `log-level LEVEL`: changes what is logged, at once.
     pub fn set_log_level(&self, level: &str) -> Result<String, String> {
         let level = match level.trim() {
@@ -308,8 +342,10 @@ impl Control {
             "sessions" => Ok(self.sessions()),
             "log-level" => self.set_log_level(arg(0).ok_or("usage: log-level LEVEL")?).map(Value::String),
             "errors" => Ok(self.recent_errors()),
+            "pike" | "pike list" | "pike.list" => Ok(self.pike_list()),
+            "pike rm" | "pike.rm" => self.pike_rm(arg(0).ok_or("usage: pike rm IP")?),
             other => Err(format!(
-                "unknown command '{other}' (stats, reload, reload-tables, ul show [AOR], ul rm AOR, sessions, tm list, log-level LEVEL, version, errors)"
+                "unknown command '{other}' (stats, reload, reload-tables, ul show [AOR], ul rm AOR, sessions, tm list, pike, pike rm IP, log-level LEVEL, version, errors)"
             )),
         }
     }

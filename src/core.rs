@@ -111,6 +111,8 @@ pub struct Stats {
     pub db_errors: AtomicU64,
     /// NAT keepalives sent.
     pub nat_pings: AtomicU64,
+    /// Requests `pike_check_req()` refused (their source is blocked).
+    pub pike_refused: AtomicU64,
 }
 
 impl Stats {
@@ -176,6 +178,9 @@ pub struct Shared {
     /// message one of them holds (the workers consult it for every
     /// message while a session is attached).
     pub attach: crate::repl::attach::AttachHub,
+    /// pike's table of request rates and blocked sources, shared by every
+    /// worker.
+    pub pike: crate::pike::Pike,
 }
 
 /// How many script errors the status page keeps.
@@ -235,6 +240,7 @@ impl Shared {
         let max = cfg.tm.max_transactions;
         let children = cfg.children.max(1);
         let store = crate::store::Store::new(&cfg, secret);
+        let pike = crate::pike::Pike::new(cfg.pike.clone());
         Shared {
             cfg,
             sockets,
@@ -251,6 +257,7 @@ impl Shared {
             relay: Default::default(),
             dry_run: false,
             attach: Default::default(),
+            pike,
         }
     }
 
@@ -279,6 +286,8 @@ impl Shared {
             relay: relay_slot,
             dry_run: true,
             attach: Default::default(),
+            // A dry run must not block or count real sources.
+            pike: crate::pike::Pike::new(self.cfg.pike.clone()),
         }
     }
 

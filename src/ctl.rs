@@ -30,8 +30,8 @@
 //!   notification (run, not answered); an array is a batch.
 //!
 //! Command names ([`COMMANDS`]): `stats`, `reload`, `reload-tables`,
-//! `ul show [AOR]`, `ul rm AOR`, `sessions`, `tm list`, `log-level LEVEL`,
-//! `version`, `errors`.
+//! `ul show [AOR]`, `ul rm AOR`, `sessions`, `tm list`, `pike`, `pike rm
+//! IP`, `log-level LEVEL`, `version`, `errors`.
 //!
 //! `{"cmd": "attach", "filter": …}` (plain form only) turns the connection
 //! into a REPL session's (`serlua repl --attach`): see
@@ -89,6 +89,9 @@ pub const COMMANDS: &[(&str, usize, usize, &str)] = &[
     ("log-level", 1, 1, "log-level LEVEL"),
     ("version", 0, 0, "version"),
     ("errors", 0, 0, "errors"),
+    ("pike", 0, 0, "pike"),
+    ("pike list", 0, 0, "pike list"),
+    ("pike rm", 1, 1, "pike rm IP"),
 ];
 
 /// JSON-RPC 2.0 error codes.
@@ -750,6 +753,24 @@ pub enum CtlCmd {
     Version,
     /// The recent script errors, newest last.
     Errors,
+    /// Sources blocked by pike_check_req() (request rate or failed digest authorizations).
+    Pike {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        cmd: Option<CtlPikeCmd>,
+    },
+}
+
+/// `serlua ctl pike …`
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum CtlPikeCmd {
+    /// List the blocked sources with their hits and time left.
+    List,
+    /// Unblock a source at once.
+    Rm {
+        /// The address (an IPv6 address unblocks its /64).
+        ip: String,
+    },
 }
 
 /// `serlua ctl ul …`
@@ -790,6 +811,12 @@ impl CtlCmd {
             CtlCmd::LogLevel { level } => ("log-level", vec![level.clone()]),
             CtlCmd::Version => ("version", vec![]),
             CtlCmd::Errors => ("errors", vec![]),
+            CtlCmd::Pike {
+                cmd: None | Some(CtlPikeCmd::List),
+            } => ("pike", vec![]),
+            CtlCmd::Pike {
+                cmd: Some(CtlPikeCmd::Rm { ip }),
+            } => ("pike rm", vec![ip.clone()]),
         }
     }
 }
@@ -907,6 +934,8 @@ pub fn format(cmd: &str, args: &[String], v: &Value) -> String {
             format!("removed {n} binding{} of {aor}\n", if n == 1 { "" } else { "s" })
         }
         "tm list" => format_transactions(v),
+        "pike" | "pike list" => format_pike(v),
+        "pike rm" => format!("unblocked {}\n", args.first().map(String::as_str).unwrap_or("")),
         "sessions" => format_sessions(v),
         "stats" => format_sections(v, STATS_ORDER),
         "errors" => format_errors(v),
@@ -917,6 +946,32 @@ pub fn format(cmd: &str, args: &[String], v: &Value) -> String {
             other => format!("{}\n", scalar(other)),
         },
     }
+}
+
+/// `pike` as a table: one row per blocked source.
+fn format_pike(v: &Value) -> String {
+    let rows = v.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if rows.is_empty() {
+        return "(no blocked sources)\n".to_string();
+    }
+    let mut out = format!(
+        "{:<28} {:<6} {:>10} {:>10} {:>9} {:>8}\n",
+        "IP", "REASON", "REFUSED", "HITS", "AUTHFAIL", "LEFT"
+    );
+    for r in rows {
+        let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:<28} {:<6} {:>10} {:>10} {:>9} {:>7}s",
+            str_of(r, "ip"),
+            str_of(r, "reason"),
+            n("refused"),
+            n("hits"),
+            n("auth_failures"),
+            n("expires_in")
+        );
+    }
+    out
 }
 
 /// `sessions` as a table, one row per media stream (mediaproxy's sessions

@@ -425,6 +425,13 @@ impl Collector for Metrics {
         counter(&mut enc, "serlua_nat_pings", "NAT keepalives sent.", None, load(&s.nat_pings))?;
         counter(
             &mut enc,
+            "serlua_pike_refused",
+            "Requests pike_check_req() refused: their source is blocked.",
+            None,
+            load(&s.pike_refused),
+        )?;
+        counter(
+            &mut enc,
             "serlua_database_errors",
             "Database errors seen by the database thread.",
             None,

@@ -20,6 +20,7 @@ pub mod mediaproxy;
 pub mod nathelper;
 pub mod permissions;
 pub mod persist;
+pub mod pike;
 pub mod registrar;
 pub mod relay;
 pub mod repl;

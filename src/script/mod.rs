@@ -98,6 +98,7 @@ pub fn all_exports() -> Vec<Export> {
         crate::rtpproxy::EXPORTS,
         crate::nathelper::EXPORTS,
         crate::mediaproxy::EXPORTS,
+        crate::pike::EXPORTS,
     ] {
         v.extend_from_slice(table);
     }
@@ -468,6 +469,7 @@ fn install_globals(lua: &Lua, env: &Rc<Env>, params: Rc<RefCell<ModParams>>) -> 
     crate::rtpproxy::register(lua, env)?;
     crate::nathelper::register(lua, env)?;
     crate::mediaproxy::register(lua, env)?;
+    crate::pike::register(lua, env)?;
     let max_len = env.shared.cfg.max_len;
     g.set("max_len", max_len)?;
     let arr: [Table; 4] = [tables[0].clone(), tables[1].clone(), tables[2].clone(), tables[3].clone()];
