@@ -209,7 +209,8 @@ trap 'stop_all; exit 130' INT TERM
 # start_proxy SYSTEM WORKLOAD DIR PORT DBURL NGPORT: sets PROXY_PID (and RELAY_PID).
 start_proxy() {
   local sys=$1 w=$2 dir=$3 port=$4 url=$5 ng=$6
-  local lo=36000 hi=59999
+  # Below the ephemeral range (32768-60999), where free_port finds the SIP ports.
+  local lo=20000 hi=31999
   case "$sys" in
     serlua)
       local script=tests/scripts/registrar.lua
@@ -248,13 +249,13 @@ start_proxy() {
 
 # relay_check DIR PORT: one call (uac.xml, -trace_msg) before the measured
 # load of (c); prints "yes" when the answer the caller got names a relay port
-# (36000-59999, where every relay of the bench allocates), else "no".
+# (20000-31999, where every relay of the bench allocates), else "no".
 relay_check() {
   local dir=$1 port=$2
   mkdir -p "$dir/check"
   (cd "$dir/check" && sipp -sf "$ROOT/tests/sipp/uac.xml" "127.0.0.1:$port" -i 127.0.0.1 -p "$(free_port)" -bind_local \
     -t u1 -nostdin -s bench00000 -d 0 -m 1 -recv_timeout 3000 -timeout 10s -trace_msg >"$dir/check/sipp.log" 2>&1) || true
-  if cat "$dir"/check/*_messages.log 2>/dev/null | awk '/^m=audio / && $2 >= 36000 && $2 <= 59999 { found = 1 } END { exit !found }'; then
+  if cat "$dir"/check/*_messages.log 2>/dev/null | awk '/^m=audio / && $2 >= 20000 && $2 <= 31999 { found = 1 } END { exit !found }'; then
     echo yes
   else
     echo no
