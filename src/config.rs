@@ -352,6 +352,9 @@ pub struct CoreConfig {
     pub relay: crate::relay::RelayChoice,
     /// Every `modparam` of the script.
     pub params: ModParams,
+    /// Which digest nonces `www_authorize`/`proxy_authorize` accept; only
+    /// `serlua test` changes it.
+    pub nonce_policy: crate::auth::NoncePolicy,
 }
 
 impl CoreConfig {
@@ -382,6 +385,7 @@ impl CoreConfig {
             pid_file: "serlua.pid".into(),
             relay,
             params,
+            nonce_policy: crate::auth::NoncePolicy::Issued,
         })
     }
 

@@ -481,6 +481,33 @@ pub enum Timer {
     NatPing(u64),
 }
 
+/// One run of a route, as `serlua test` reports it: which route ran on
+/// which message, and the flags and AVPs the message had when it ended
+/// (SER keeps both with the transaction, so a test can assert on them).
+#[derive(Clone, Debug)]
+pub struct RouteRun {
+    /// `route.main`, `onreply_route[1]`, `failure_route[1]`, ….
+    pub route: String,
+    /// The message's first line as it was when the route ended.
+    pub first_line: String,
+    /// Call-ID of the message.
+    pub call_id: String,
+    /// Message flags 0..=31.
+    pub flags: u32,
+    /// AVPs.
+    pub avps: Avps,
+    /// Request-URI when the route ended (requests).
+    pub ruri: Option<String>,
+    /// Next hop set by the route (`dst_uri`).
+    pub dst_uri: Option<String>,
+    /// The route sent a reply.
+    pub replied: bool,
+    /// The route relayed the request.
+    pub relayed: bool,
+    /// The Lua error that ended the route, if one did.
+    pub error: Option<String>,
+}
+
 /// Where the live server sends a [`Transmit`] at once.
 pub type Sink = Box<dyn Fn(Transmit)>;
 
@@ -501,6 +528,9 @@ pub struct Env {
     /// Set by the I/O adapter while the worker is behind: new requests get
     /// 503 instead of being routed.
     pub overloaded: Cell<bool>,
+    /// Route runs kept for `serlua test` when `Some` (the live proxy
+    /// keeps none).
+    pub route_log: RefCell<Option<Vec<RouteRun>>>,
 }
 
 impl Env {
@@ -517,6 +547,15 @@ impl Env {
             regexes: RefCell::new(HashMap::new()),
             dns: RefCell::new(HashMap::new()),
             overloaded: Cell::new(false),
+            route_log: RefCell::new(None),
+        }
+    }
+
+    /// Keeps a route run when runs are being recorded (`serlua test`);
+    /// `run` is only called then.
+    pub fn record_route(&self, run: impl FnOnce() -> RouteRun) {
+        if let Some(log) = self.route_log.borrow_mut().as_mut() {
+            log.push(run());
         }
     }
 

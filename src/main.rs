@@ -51,6 +51,56 @@ enum Cmd {
     Ctl(serlua::ctl::CtlArgs),
     /// Run a standalone media relay driven over rtpengine's ng protocol (Kamailio's rtpengine module, or serlua's ng client).
     Relay(RelayArgs),
+    /// Run Lua unit tests of route scripts (*_test.lua, busted style) against recorded SIP traces.
+    Test(TestArgs),
+}
+
+/// `serlua test`: the Lua test runner (DESIGN.md "Lua test conventions").
+#[derive(clap::Args)]
+struct TestArgs {
+    /// Test files, or folders searched for *_test.lua (default: lua/ and tests/).
+    paths: Vec<PathBuf>,
+    /// Run only the tests whose full name ("describe … it") matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    filter: Option<String>,
+    /// Show each test's message flow as a ladder diagram, with the routes that handled each message.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Also write the results as JUnit XML to FILE.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+}
+
+/// Runs the Lua tests; exit status 1 when one failed, 2 when they could
+/// not be run.
+fn run_tests(args: TestArgs) -> ExitCode {
+    let filter = match args.filter.as_deref().map(regex::Regex::new).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("serlua test: --filter: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The report carries the scripts' errors (px:errors(), the ladder);
+    // their log lines would only interleave with it, unless asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _log = serlua::logging::init(None, true);
+    }
+    let opts = serlua::testing::Options {
+        paths: args.paths,
+        filter,
+        verbose: args.verbose,
+        junit: args.junit,
+    };
+    let mut out = std::io::stdout().lock();
+    match serlua::testing::run(&opts, &mut out) {
+        Ok(summary) if summary.failed() == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("serlua test: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `serlua relay`: the embedded engine behind an ng control socket, as
@@ -167,6 +217,7 @@ fn main() -> ExitCode {
         Cmd::Admin(cmd) => serlua::admin::run(cmd),
         Cmd::Ctl(args) => serlua::ctl::run(args),
         Cmd::Relay(args) => run_relay(args),
+        Cmd::Test(args) => run_tests(args),
         Cmd::Check { script } => match app::load_and_check(&script) {
             Ok(_) => {
                 println!("{}: OK", script.display());

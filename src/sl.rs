@@ -26,7 +26,9 @@ fn fix_reply(args: &[Option<LitArg>]) -> Result<(), String> {
 
 /// A To-tag for replies this proxy generates: the same for every
 /// retransmission of a request (so a retransmitted INVITE gets the same
-/// 4xx, RFC 3261 §8.2.6.2), different per request and per process.
+/// 4xx, RFC 3261 §8.2.6.2), different per request and per process. Its
+/// first half is the same for every reply of this process, so the ACK of
+/// one is recognised whatever its branch ([`is_ack_of_local_reply`]).
 pub fn local_tag(secret: u64, req: &SipMessage) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     secret.hash(&mut h);
@@ -34,7 +36,31 @@ pub fn local_tag(secret: u64, req: &SipMessage) -> String {
     req.from().tag().hash(&mut h);
     req.cseq().seq.hash(&mut h);
     req.top_via().branch().hash(&mut h);
-    format!("{:016x}", h.finish())
+    tag_with(secret, h.finish() as u32)
+}
+
+fn tag_prefix(secret: u64) -> u32 {
+    (secret >> 32) as u32 ^ 0x5e51_a0c4
+}
+
+fn tag_with(secret: u64, low: u32) -> String {
+    format!("{:08x}{low:08x}", tag_prefix(secret))
+}
+
+/// SER's `sl_filter_ACK`: an ACK whose To-tag is one of ours acknowledges
+/// a reply this proxy sent by itself (a 407 challenge, a 404, or the final
+/// reply of a transaction already gone). No transaction absorbs it when
+/// the reply was stateless or the ACK's branch differs (RFC 2543 phones,
+/// scanners), and a script that routes every ACK onwards (the reference's
+/// `if (method=="ACK") { route(1); … }`) would send it to the Request-URI:
+/// a DNS lookup of the caller's target and a stray ACK. SER drops it
+/// before the script; so does serlua.
+pub fn is_ack_of_local_reply(secret: u64, msg: &SipMessage) -> bool {
+    if msg.method() != Some(&Method::Ack) {
+        return false;
+    }
+    let Some(tag) = msg.to().tag() else { return false };
+    tag.len() == 16 && tag.get(..8).and_then(|p| u32::from_str_radix(p, 16).ok()) == Some(tag_prefix(secret))
 }
 
 /// Builds a response to `req` (RFC 3261 §8.2.6): every Via, From, To
@@ -121,7 +147,7 @@ pub fn reply_to_broken(env: &Env, p: &PartialRequest, status: u16, reason: &str,
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         if (name.eq_ignore_ascii_case("to") || name.eq_ignore_ascii_case("t")) && !p.has_to_tag {
-            out.extend_from_slice(format!(";tag={:016x}", env.shared.secret ^ 0x5e51).as_bytes());
+            out.extend_from_slice(format!(";tag={}", tag_with(env.shared.secret, 0x5e51)).as_bytes());
         }
         out.extend_from_slice(b"\r\n");
     }

@@ -102,6 +102,10 @@ impl Worker {
         if tm::absorb(env, &ctx.msg) {
             return;
         }
+        if sl::is_ack_of_local_reply(env.shared.secret, &ctx.msg) {
+            tracing::debug!("ACK of our own reply absorbed");
+            return;
+        }
         let initial = ctx.msg.to().tag().is_none() && !matches!(ctx.msg.method(), Some(Method::Ack | Method::Cancel));
         let draining = env.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
         if initial && (draining || env.overloaded.get() || env.shared.tm.len() >= env.shared.cfg.tm.max_transactions) {

@@ -721,3 +721,57 @@ fn after_a_reload_a_vanished_reply_route_is_an_error_not_a_lost_reply() {
     assert!(!r.msg.has_header(&HeaderName::from_text("X-Script")));
     assert_eq!(n.w.env.shared.stats.script_errors.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+/// An ACK for `user` with `branch` and To-tag `to_tag` (the CSeq and
+/// Call-ID of [`invite`]`(user, call_branch)`).
+fn ack(user: &str, call_branch: &str, branch: &str, to_tag: &str) -> String {
+    format!(
+        "ACK sip:{user}@example.com SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch={branch}
+Max-Forwards: 70
+From: <sip:alice@example.com>;tag=a1
+To: <sip:{user}@example.com>;tag={to_tag}
+Call-ID: call-{call_branch}
+CSeq: 1 ACK
+Content-Length: 0
+
+"
+    )
+}
+
+/// SER's sl_filter_ACK: the ACK of a reply the proxy sent by itself goes
+/// no further, even from a script that routes every ACK onwards (as the
+/// reference's configs do) and even on another branch than the INVITE's
+/// (a scanner's); an ACK of somebody else's reply is still routed.
+#[test]
+fn ack_of_our_own_stateless_reply_is_absorbed_before_the_script() {
+    const SCRIPT: &str = r#"
+listen = "udp:127.0.0.1:5060"
+function route.main()
+  if msg.method == "ACK" then
+    rewritehostport("127.0.0.1:5070")
+    t_relay()
+    return
+  end
+  sl_send_reply(404, "User Not Found")
+end
+"#;
+    let mut n = Net::new(SCRIPT);
+    n.recv(UAC, &invite("nobody", "z9hG4bK-sl1"));
+    let r = only(n.sent());
+    assert_eq!(r.msg.status(), Some(404));
+    let tag = r.msg.to().tag().expect("our 404 has a To-tag").to_string();
+    for branch in ["z9hG4bK-sl1", "z9hG4bK-fresh"] {
+        n.recv(UAC, &ack("nobody", "z9hG4bK-sl1", branch, &tag));
+        let out = n.sent();
+        assert!(
+            out.is_empty(),
+            "the ACK of our 404 (branch {branch}) was routed: {:?}",
+            out.iter().map(|o| first_line(&o.msg)).collect::<Vec<_>>()
+        );
+    }
+    n.recv(UAC, &ack("nobody", "z9hG4bK-sl1", "z9hG4bK-sl2", "theirs"));
+    let f = only(n.sent());
+    assert_eq!(f.dst, UAS.parse().unwrap());
+    assert_eq!(first_line(&f.msg), "ACK sip:nobody@127.0.0.1:5070 SIP/2.0");
+}

@@ -263,7 +263,7 @@ impl Script {
     /// Runs `route.main` on a request.
     pub fn run_main(&self, ctx: MsgCtx) -> (MsgCtx, RunOutcome) {
         let f = self.main.clone();
-        self.run_fn(&f, ctx)
+        self.run_fn(&f, ctx, || "route.main".to_string())
     }
 
     /// Runs the route `kind`/`key` (an onreply or failure route armed by
@@ -271,12 +271,12 @@ impl Script {
     pub fn run(&self, kind: RouteKind, key: &RouteKey, mut ctx: MsgCtx) -> (MsgCtx, RunOutcome) {
         ctx.kind = kind;
         match self.route_fn(kind, key) {
-            Some(f) => self.run_fn(&f, ctx),
+            Some(f) => self.run_fn(&f, ctx, || format!("{}{key}", kind.table())),
             None => (ctx, RunOutcome::Error(format!("{}{key} is not defined", kind.table()))),
         }
     }
 
-    fn run_fn(&self, f: &Function, ctx: MsgCtx) -> (MsgCtx, RunOutcome) {
+    fn run_fn(&self, f: &Function, ctx: MsgCtx, name: impl FnOnce() -> String) -> (MsgCtx, RunOutcome) {
         self.env.set_ctx(ctx);
         let t0 = Instant::now();
         self.started.set(Some(t0));
@@ -290,11 +290,37 @@ impl Script {
             // with_ctx never removes the context; this is unreachable in practice.
             None => unreachable_ctx(),
         };
-        match r {
-            Ok(()) => (ctx, RunOutcome::Done),
-            Err(e) if e.downcast_ref::<ScriptExit>().is_some() => (ctx, RunOutcome::Done),
-            Err(e) => (ctx, RunOutcome::Error(clean_lua_error(&e))),
-        }
+        let outcome = match r {
+            Ok(()) => RunOutcome::Done,
+            Err(e) if e.downcast_ref::<ScriptExit>().is_some() => RunOutcome::Done,
+            Err(e) => RunOutcome::Error(clean_lua_error(&e)),
+        };
+        self.env.record_route(|| crate::core::RouteRun {
+            route: name(),
+            first_line: summary_line(&ctx.msg),
+            call_id: ctx.msg.call_id().to_string(),
+            flags: ctx.flags,
+            avps: ctx.avps.clone(),
+            ruri: ctx.msg.ruri().map(|u| u.to_string()),
+            dst_uri: ctx.dst_uri.as_ref().map(|u| u.to_string()),
+            replied: ctx.replied,
+            relayed: ctx.relayed,
+            error: match &outcome {
+                RunOutcome::Error(e) => Some(e.clone()),
+                RunOutcome::Done => None,
+            },
+        });
+        (ctx, outcome)
+    }
+}
+
+/// `METHOD Request-URI` or `STATUS Reason`: the message in one line, for
+/// route-run records.
+fn summary_line(m: &crate::sip::SipMessage) -> String {
+    match (m.method(), m.ruri(), m.status()) {
+        (Some(method), Some(uri), _) => format!("{} {uri}", method.as_str()),
+        (_, _, Some(status)) => format!("{status} {}", m.reason().unwrap_or("")),
+        _ => String::new(),
     }
 }
 
