@@ -19,15 +19,18 @@
 #        UAS registers first with digest auth (reg_auth.xml from its own
 #        port), then the UAC (tests/sipp/uac.xml, -d 0) calls it; the proxy
 #        does lookup("location") and t_relay().
-#   c    (b) with the media relay engaged: tests/scripts/nat_media.lua (the
-#        rtpproxy-style NAT script: force_rtp_proxy/unforce_rtp_proxy, its
-#        embedded relay) against benches/kamailio-nat-media{,-kemi}.cfg with
-#        rtpengine (userspace, --table=-1) over ng. The UAS registers from
-#        "behind NAT" (tests/sipp/reg_nat.xml: private Contact), so each call
-#        to it is relayed: offer, answer, delete per call. CPU and memory
-#        here are the proxy's plus the relay's (rtpengine is a process of its
-#        own; serlua's relay runs inside serlua). --script-c selects another
-#        serlua script with the same environment (SERLUA_LISTEN, SERLUA_PORTS).
+#   c    (b) through lua/pstn.lua with the media relay engaged: the callee
+#        registers with digest auth from "behind NAT" (tests/sipp/lua_reg.xml,
+#        private Contact), the caller authenticates each INVITE (407, then
+#        credentials: benches/sipp/auth_uac.xml, which fails a call whose
+#        answer is not on a relay port), and the proxy relays the media of
+#        every call (use_media_proxy: offer, answer, delete). serlua runs
+#        its embedded relay; Kamailio runs benches/kamailio-pstn{,-kemi}.cfg
+#        with rtpengine (userspace, --table=-1) over ng. CPU and memory here
+#        are the proxy's plus the relay's (rtpengine is a process of its own;
+#        serlua's relay is inside serlua). --c-routing nat-media runs (c)
+#        through tests/scripts/nat_media.lua (rtpproxy-style NAT script, no
+#        auth) and benches/kamailio-nat-media{,-kemi}.cfg instead.
 #   d    relay forwarding only: benches/media.sh (serlua relay vs rtpengine
 #        --table=-1, N calls at 50 packets/s each way, serlua-rtpload).
 #   mem  memory per binding: --bindings distinct users register (workload a's
@@ -75,7 +78,9 @@
 #   --media-streams N   (d) calls for the cost figure (default 500 = 50,000 packets/s)
 #   --media-duration S  (d) seconds per run (default 10)
 #   --media-sweep "..." (d) call counts for the capacity figure (default "500 1000 2000 3000")
-#   --script-c FILE     serlua script of workload (c) (default tests/scripts/nat_media.lua)
+#   --c-routing R       pstn (default) or nat-media: the routing of workload (c)
+#   --script-c FILE     serlua script of workload (c) (default lua/pstn.lua, or
+#                       tests/scripts/nat_media.lua with --c-routing nat-media)
 #   --quick             --duration 4 --repeat 1 --sweep-duration 3, short sweeps,
 #                       --bindings 20000, media 3 s: to check that every cell fills
 #   --out DIR           logs and results (default bench-out/compare-<time>/)
@@ -85,6 +90,9 @@
 # kamailio-extra-modules (rtpengine module), rtpengine-daemon, sqlite3, python3.
 # Everything listens on 127.0.0.1 only; every run is bounded in calls and time.
 set -euo pipefail
+# The whole script is one group: bash parses it before running any of it,
+# so editing the file during a long run does not derail that run.
+{
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 # shellcheck source=benches/lib.sh
@@ -105,7 +113,8 @@ MEM_RATE=2500
 MEDIA_STREAMS=500
 MEDIA_DURATION=10
 MEDIA_SWEEP="500 1000 2000 3000"
-SCRIPT_C=tests/scripts/nat_media.lua
+C_ROUTING=pstn
+SCRIPT_C=""
 OUT=""
 BUILD=1
 
@@ -133,6 +142,7 @@ while [ $# -gt 0 ]; do
     --media-duration) MEDIA_DURATION=$2; shift 2 ;;
     --media-sweep) MEDIA_SWEEP=$2; shift 2 ;;
     --script-c) SCRIPT_C=$2; shift 2 ;;
+    --c-routing) C_ROUTING=$2; shift 2 ;;
     --quick)
       DURATION=4; REPEAT=1; SWEEP_DURATION=3; BINDINGS=20000; MEDIA_DURATION=3
       MEDIA_STREAMS=250; MEDIA_SWEEP="250 1000"
@@ -148,6 +158,11 @@ done
 for s in $SYSTEMS; do
   case "$s" in serlua|kamailio-lua|kamailio-native) ;; *) echo "compare.sh: unknown system $s" >&2; exit 2 ;; esac
 done
+case "$C_ROUTING" in
+  pstn) SCRIPT_C=${SCRIPT_C:-lua/pstn.lua} ;;
+  nat-media) SCRIPT_C=${SCRIPT_C:-tests/scripts/nat_media.lua} ;;
+  *) echo "compare.sh: --c-routing is pstn or nat-media" >&2; exit 2 ;;
+esac
 for w in $WORKLOADS; do
   case "$w" in a|b|c|d|mem) ;; *) echo "compare.sh: unknown workload $w" >&2; exit 2 ;; esac
 done
@@ -216,14 +231,14 @@ start_proxy() {
       local script=tests/scripts/registrar.lua
       [ "$w" = c ] && script=$SCRIPT_C
       SERLUA_LISTEN="udp:127.0.0.1:$port" SERLUA_DB_URL="$url" SERLUA_CHILDREN="$CHILDREN" \
-        SERLUA_PORTS="$lo-$hi" RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 \
+        SERLUA_PORTS="$lo-$hi" SERLUA_ADDRESS="127.0.0.1:$port" SERLUA_DOMAIN=example.com RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 \
         "$SERLUA" run --db "$url" --children "$CHILDREN" --ctl "$dir/serlua.ctl" "$script" \
         >"$dir/proxy.stdout.log" 2>"$dir/proxy.stderr.log" &
       PROXY_PID=$!
       ;;
     kamailio-*)
       local cfg
-      case "$w" in c) cfg=kamailio-nat-media ;; *) cfg=kamailio-registrar ;; esac
+      case "$w" in c) cfg=kamailio-$C_ROUTING ;; *) cfg=kamailio-registrar ;; esac
       # db_sqlite wants sqlite:// + an absolute path: sqlite:////abs/file
       local args=(-A "DBURL=\"sqlite:///${url#sqlite://}\"")
       if [ "$sys" = kamailio-lua ]; then
@@ -236,7 +251,7 @@ start_proxy() {
           --num-threads="$RELAY_THREADS" --delete-delay=0 >"$dir/rtpengine.log" 2>&1 &
         RELAY_PID=$!
         wait_bound "$ng" || { log "rtpengine did not start; see $dir/rtpengine.log"; return 1; }
-        args+=(-A "NG_SOCK=\"udp:127.0.0.1:$ng\"")
+        args+=(-A "NG_SOCK=\"udp:127.0.0.1:$ng\"" -A "ADDRESS=\"127.0.0.1:$port\"")
       fi
       mkdir -p "$dir/kamailio-run"
       kamailio -f "$ROOT/benches/$cfg.cfg" -DD -E -l "udp:127.0.0.1:$port" -n "$CHILDREN" "${args[@]}" \
@@ -278,13 +293,22 @@ run_sip() {
   local w=$1 sys=$2 rate=$3 n=$4 dir=$5
   rm -rf "$dir"; mkdir -p "$dir"
   local url="sqlite://$dir/db.sqlite" users=0
-  case "$w" in a|mem) users=$n ;; b) users=1 ;; c) users=1 ;; esac
+  # (a), mem: one user per registration; (b): the callee; (c): callee and caller.
+  case "$w" in a|mem) users=$n ;; b) users=1 ;; c) users=2 ;; esac
   "$SERLUA" db migrate --db "$url" >"$dir/migrate.log" 2>&1 || { log "serlua db migrate failed; see $dir"; return 1; }
   subscribers_sql "$users" | sqlite3 "$dir/db.sqlite" || { log "loading $users subscribers failed"; return 1; }
   # WAL: Kamailio's auth_db readers and its usrloc writer (another process)
   # would otherwise lock each other out ("database is locked"); the same
   # file setting for every system.
   sqlite3 "$dir/db.sqlite" 'PRAGMA journal_mode=WAL;' >/dev/null
+  if [ "$w" = c ] && [ "$C_ROUTING" = pstn ]; then
+    # lua/pstn.lua's domain table (`serlua domain add example.com`); no
+    # trusted peer, so every INVITE authenticates.
+    sqlite3 "$dir/db.sqlite" "INSERT INTO domain (domain) VALUES ('example.com');"
+    # Kamailio's usrloc checks the aliases table as a location table
+    # (version 9), though its own schema file writes 8.
+    [ "$sys" = serlua ] || sqlite3 "$dir/db.sqlite" "UPDATE version SET table_version = 9 WHERE table_name = 'aliases';"
+  fi
   users_csv "$users" >"$dir/users.csv"
 
   local port uas_port uac_port ng
@@ -297,14 +321,21 @@ run_sip() {
 
   # (b), (c): the callee registers from the UAS's port, then the UAS starts there.
   if [ "$w" = b ] || [ "$w" = c ]; then
+    # The callee: with digest auth (b); from "behind NAT" (c), so that its
+    # calls are relayed.
     local reg=(-sf "$ROOT/tests/sipp/reg_auth.xml" -inf "$dir/users.csv")
-    [ "$w" = c ] && reg=(-sf "$ROOT/tests/sipp/reg_nat.xml" -s bench00000)
+    if [ "$w" = c ] && [ "$C_ROUTING" = nat-media ]; then
+      reg=(-sf "$ROOT/tests/sipp/reg_nat.xml" -s bench00000)
+    elif [ "$w" = c ]; then
+      reg=(-sf "$ROOT/tests/sipp/lua_reg.xml" -s bench00000 -au bench00000 -ap pw-0 -key domain example.com
+           -key nat_ip 192.168.1.20)
+    fi
     (cd "$dir" && sipp "${reg[@]}" "127.0.0.1:$port" -i 127.0.0.1 -p "$uas_port" -bind_local -t u1 -nostdin \
       -m 1 -recv_timeout 3000 -timeout 10s -trace_err -error_file "$dir/uas-register.errors.log" \
       >"$dir/uas-register.log" 2>&1) || { log "$sys: the UAS's REGISTER failed; see $dir"; stop_all; return 1; }
     wait_free "$uas_port" || true
     local uas_n=$n
-    [ "$w" = c ] && uas_n=$((n + 1))  # and the relay check's call
+    [ "$w" = c ] && [ "$C_ROUTING" = nat-media ] && uas_n=$((n + 1))  # and the relay check's call
     (cd "$dir" && exec sipp -sf "$ROOT/tests/sipp/uas.xml" -i 127.0.0.1 -p "$uas_port" -bind_local -t u1 -nostdin \
       -m "$uas_n" -timeout "$((n / rate + 60))s" -buff_size 4194304 \
       -trace_err -error_file "$dir/uas.errors.log" -trace_screen -screen_file "$dir/uas.screen.log" \
@@ -314,12 +345,20 @@ run_sip() {
   fi
 
   local engaged="-"
-  [ "$w" = c ] && engaged=$(relay_check "$dir" "$port")
+  # pstn: benches/sipp/auth_uac.xml checks every call's answer instead.
+  [ "$w" = c ] && [ "$C_ROUTING" = nat-media ] && engaged=$(relay_check "$dir" "$port")
+  [ "$w" = c ] && [ "$C_ROUTING" = pstn ] && engaged=each-call
 
   local uac=()
   case "$w" in
     a|mem) uac=(-sf "$ROOT/tests/sipp/reg_auth.xml" -inf "$dir/users.csv") ;;
-    b|c) uac=(-sf "$ROOT/tests/sipp/uac.xml" -s bench00000 -d 0) ;;
+    b) uac=(-sf "$ROOT/tests/sipp/uac.xml" -s bench00000 -d 0) ;;
+    c) if [ "$C_ROUTING" = pstn ]; then
+         uac=(-sf "$ROOT/benches/sipp/auth_uac.xml" -s bench00000 -au bench00001 -ap pw-1 -key caller bench00001
+              -key domain example.com -d 0)
+       else
+         uac=(-sf "$ROOT/tests/sipp/uac.xml" -s bench00000 -d 0)
+       fi ;;
   esac
   local p0 c0 r0=0 t0 drops0
   p0=$(pss_kb "${pids[@]}")
@@ -469,7 +508,7 @@ mkdir -p "$ROOT/bench-out"
 CMP_SYSTEMS="$SYSTEMS" CMP_WORKLOADS="$WORKLOADS" CMP_RATE_A=${RATE[a]} CMP_RATE_B=${RATE[b]} CMP_RATE_C=${RATE[c]} \
 CMP_SWEEP_A="${SWEEP[a]}" CMP_SWEEP_B="${SWEEP[b]}" CMP_SWEEP_C="${SWEEP[c]}" CMP_DO_SWEEP=$DO_SWEEP \
 CMP_CONFIG="children $CHILDREN; cost runs $DURATION s × $REPEAT round(s) at the fixed rates; sweep runs $SWEEP_DURATION s; relay threads $RELAY_THREADS; (c) serlua script $SCRIPT_C; $((T_END - T_START)) s in all; logs in $OUT" \
-CMP_WHEN="$(date '+%Y-%m-%d %H:%M')" \
+CMP_WHEN="$(date '+%Y-%m-%d %H:%M')" CMP_C_NAME="$(basename "$SCRIPT_C")" \
 python3 - "$RESULTS" "$OUT/d/media.out" "$OUT/d/media.err" "$MD" <<'PY'
 import re, statistics, sys, os
 results, media_out, media_err, md_path = sys.argv[1:5]
@@ -514,7 +553,7 @@ def pct(vals, q):
 names = {"serlua": "serlua", "kamailio-lua": "Kamailio KEMI-Lua", "kamailio-native": "Kamailio native"}
 cols = [s for s in ["serlua", "kamailio-lua", "kamailio-native"] if s in systems]
 wname = {"a": "(a) REGISTER + digest auth", "b": "(b) calls via registrar (INVITE..BYE)",
-         "c": "(c) (b) + media relay (nat_media.lua / rtpengine)", "d": "(d) relay forwarding (media.sh)",
+         "c": "(c) " + E["CMP_C_NAME"] + " + media relay", "d": "(d) relay forwarding (media.sh)",
          "mem": "memory per binding"}
 unit = {"a": "regs", "b": "calls", "c": "calls"}
 
@@ -574,7 +613,7 @@ for w in ["a", "b", "c"]:
     table.append((w, f"failed {unit[w]} in the cost runs", fl, 0, False))
     if w == "c":
         ss = {s: " ".join(r.get("sessions", "?").replace("rtpengine:", "") for r in by[s]) or None for s in cols}
-        table.append((w, "relay engaged per run (check call; rtpengine's session total)", ss, 0, False))
+        table.append((w, "relay engaged per run (check; rtpengine's session count)", ss, 0, False))
 
 mem_rows = [r for r in rows if r.get("phase") == "mem"]
 if "mem" in workloads:
@@ -669,3 +708,5 @@ print(md)
 PY
 cp "$MD" "$OUT/compare.md"
 log "table: $MD"
+exit 0
+}
