@@ -360,6 +360,8 @@ run_sip() {
          uac=(-sf "$ROOT/tests/sipp/uac.xml" -s bench00000 -d 0)
        fi ;;
   esac
+  # sipp writes response times every rtt_freq calls (the rest is lost at exit).
+  local rtt_freq=$(( n >= 2000 ? 20 : 1 ))
   local p0 c0 r0=0 t0 drops0
   p0=$(pss_kb "${pids[@]}")
   c0=$(cpu_ticks "${pids[@]}")
@@ -368,7 +370,7 @@ run_sip() {
   t0=$(now_ns)
   (cd "$dir" && exec sipp "${uac[@]}" "127.0.0.1:$port" -i 127.0.0.1 -p "$uac_port" -bind_local -t u1 -nostdin \
     -m "$n" -r "$rate" -l "$((rate * 2 + 100))" -recv_timeout 2000 -timeout "$((n / rate + 60))s" \
-    -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000 -trace_rtt -rtt_freq 100 \
+    -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000 -trace_rtt -rtt_freq "$rtt_freq" \
     -trace_err -error_file "$dir/uac.errors.log" -trace_screen -screen_file "$dir/uac.screen.log" \
     >"$dir/uac.stdout.log" 2>&1) &
   UAC_PID=$!
@@ -421,8 +423,8 @@ run_sip() {
         w, sys, rate, cps, ok, ko, uac_rc, uas_ok, uas_ko, cpu, cr / tck, per10k, p0 / 1024, peak / 1024, p50, p99, sessions, drops > "/dev/stderr"
       if (w == "mem") printf "  %-5s %-16s %d bindings: Pss %.1f MiB before, %.1f MiB after: %.0f bytes per binding\n", \
         w, sys, ok, p0 / 1024, settled / 1024, perbind > "/dev/stderr"
-      printf "RESULT w=%s sys=%s rate=%d n=%d achieved=%.1f ok=%d failed=%d cpu=%.3f relay_cpu=%.3f per10k=%.4f pss0_kb=%d peak_kb=%d settled_kb=%d perbind=%.1f p50=%s p99=%s sessions=%s drops=%d dir=%s\n", \
-        w, sys, rate, n, cps, ok, ko, cpu, cr / tck, per10k, p0, peak, settled, perbind, p50, p99, sessions, drops, dir > (dir "/result")
+      printf "RESULT w=%s sys=%s rate=%d n=%d achieved=%.1f ok=%d failed=%d cpu=%.3f relay_cpu=%.3f relay_per10k=%.4f per10k=%.4f pss0_kb=%d peak_kb=%d settled_kb=%d perbind=%.1f p50=%s p99=%s sessions=%s drops=%d dir=%s\n", \
+        w, sys, rate, n, cps, ok, ko, cpu, cr / tck, (ok > 0 ? cr / tck * 10000 / ok : 0), per10k, p0, peak, settled, perbind, p50, p99, sessions, drops, dir > (dir "/result")
     }'
 }
 
@@ -583,6 +585,9 @@ for w in ["a", "b", "c"]:
     if w == "c":
         label += " (proxy + relay)"
     table.append((w, label, cpu, 3, True))
+    if w == "c":
+        rc = {s: (med([num(r.get("relay_per10k")) for r in by[s] if r.get("error") is None]) if s != "serlua" else "(in-process)") for s in cols}
+        table.append((w, "  of which the relay process (rtpengine)", rc, 3, False))
     pk = {s: med([num(r.get("peak_kb")) / 1024 if num(r.get("peak_kb")) else None for r in by[s] if r.get("error") is None]) for s in cols}
     table.append((w, "peak Pss, MiB (sum over processes" + (", relay included)" if w == "c" else ")"), pk, 1, True))
     rt = {}
