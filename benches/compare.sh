@@ -71,6 +71,10 @@
 #   --sweep-duration S  seconds of each sweep run (default 5)
 #   --no-sweep          skip the rate sweeps
 #   --children N        proxy workers: serlua children, Kamailio -n (default 2)
+#   --uac-sockets K     UDP sockets the load (UAC) sends from (default 1: sipp -t u1;
+#                       K > 1: -t un -max_socket K, calls spread over K source
+#                       ports, as many phones would; serlua keeps each source on
+#                       one worker, Kamailio's workers share one socket)
 #   --relay-threads T   rtpengine --num-threads in (c), media.sh --threads (default 1;
 #                       serlua's embedded relay uses its default relay_threads 1)
 #   --bindings N        bindings for the memory figure (default 100000)
@@ -107,6 +111,7 @@ declare -A SWEEP=([a]="1000 2000 3000 4000 6000" [b]="1000 2000 3000 4000 5000" 
 SWEEP_DURATION=5
 DO_SWEEP=1
 CHILDREN=2
+UAC_SOCKETS=1
 RELAY_THREADS=1
 BINDINGS=100000
 MEM_RATE=2500
@@ -135,6 +140,7 @@ while [ $# -gt 0 ]; do
     --sweep-duration) SWEEP_DURATION=$2; shift 2 ;;
     --no-sweep) DO_SWEEP=0; shift ;;
     --children) CHILDREN=$2; shift 2 ;;
+    --uac-sockets) UAC_SOCKETS=$2; shift 2 ;;
     --relay-threads) RELAY_THREADS=$2; shift 2 ;;
     --bindings) BINDINGS=$2; shift 2 ;;
     --mem-rate) MEM_RATE=$2; shift 2 ;;
@@ -368,7 +374,8 @@ run_sip() {
   [ -n "$RELAY_PID" ] && r0=$(cpu_ticks "$RELAY_PID")
   drops0=$(udp_drops)
   t0=$(now_ns)
-  (cd "$dir" && exec sipp "${uac[@]}" "127.0.0.1:$port" -i 127.0.0.1 -p "$uac_port" -bind_local -t u1 -nostdin \
+  if [ "$UAC_SOCKETS" -gt 1 ]; then uac+=(-t un -max_socket "$UAC_SOCKETS"); else uac+=(-t u1); fi
+  (cd "$dir" && exec sipp "${uac[@]}" "127.0.0.1:$port" -i 127.0.0.1 -p "$uac_port" -bind_local -nostdin \
     -m "$n" -r "$rate" -l "$((rate * 2 + 100))" -recv_timeout 2000 -timeout "$((n / rate + 60))s" \
     -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000 -trace_rtt -rtt_freq "$rtt_freq" \
     -trace_err -error_file "$dir/uac.errors.log" -trace_screen -screen_file "$dir/uac.screen.log" \
@@ -509,7 +516,7 @@ MD="$ROOT/bench-out/compare-$STAMP.md"
 mkdir -p "$ROOT/bench-out"
 CMP_SYSTEMS="$SYSTEMS" CMP_WORKLOADS="$WORKLOADS" CMP_RATE_A=${RATE[a]} CMP_RATE_B=${RATE[b]} CMP_RATE_C=${RATE[c]} \
 CMP_SWEEP_A="${SWEEP[a]}" CMP_SWEEP_B="${SWEEP[b]}" CMP_SWEEP_C="${SWEEP[c]}" CMP_DO_SWEEP=$DO_SWEEP \
-CMP_CONFIG="children $CHILDREN; cost runs $DURATION s × $REPEAT round(s) at the fixed rates; sweep runs $SWEEP_DURATION s; relay threads $RELAY_THREADS; (c) serlua script $SCRIPT_C; $((T_END - T_START)) s in all; logs in $OUT" \
+CMP_CONFIG="children $CHILDREN; UAC sockets $UAC_SOCKETS; cost runs $DURATION s × $REPEAT round(s) at the fixed rates; sweep runs $SWEEP_DURATION s; relay threads $RELAY_THREADS; (c) serlua script $SCRIPT_C; $((T_END - T_START)) s in all; logs in $OUT" \
 CMP_WHEN="$(date '+%Y-%m-%d %H:%M')" CMP_C_NAME="$(basename "$SCRIPT_C")" \
 python3 - "$RESULTS" "$OUT/d/media.out" "$OUT/d/media.err" "$MD" <<'PY'
 import re, statistics, sys, os

@@ -65,12 +65,13 @@ wait_free() {
 }
 
 # tree_pids PID: PID and all its descendants (Kamailio forks its workers).
+# One cat over /proc/*/stat: a process that exits meanwhile is skipped (awk
+# given the files itself may stop at one it cannot open: mawk does).
 tree_pids() {
   local root=$1
-  awk -v root="$root" '
-    FNR == 1 {
-      line = $0; sub(/.*\) /, "", line); split(line, f, " ")
-      pid = FILENAME; sub("/proc/", "", pid); sub("/stat", "", pid)
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v root="$root" '
+    {
+      pid = $1; line = $0; sub(/.*\) /, "", line); split(line, f, " ")
       parent[pid] = f[2]
     }
     END {
@@ -78,7 +79,7 @@ tree_pids() {
       while (changed) { changed = 0
         for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } }
       for (p in keep) print p
-    }' /proc/[0-9]*/stat 2>/dev/null
+    }'
 }
 
 # cpu_ticks PID...: utime+stime (all threads) summed over the processes, in
