@@ -62,7 +62,10 @@ json_field() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); prin
 
 # start_relay SYSTEM NG_PORT CALLS: starts it in the background (PID).
 start_relay() {
-  local sys=$1 ng=$2 calls=$3 lo=36000 hi
+  # Below the kernel's ephemeral range (32768-60999 by default), where
+  # free_port finds the load generator's ports: a relay port range inside it
+  # could hold a port the load then fails to bind.
+  local sys=$1 ng=$2 calls=$3 lo=16000 hi
   hi=$((lo + calls * 4 + 400))
   case "$sys" in
     serlua)
@@ -79,6 +82,10 @@ start_relay() {
   sleep 0.5
 }
 
+# stop_relay: ends the relay of a run that failed. run() is called inside
+# $(...), a subshell whose PID the EXIT trap of the script never sees.
+stop_relay() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; PID=""; }
+
 # run SYSTEM CALLS: one load run; prints "cpu_per_million lost sent pps" on
 # stdout and a readable line on stderr.
 run() {
@@ -87,10 +94,10 @@ run() {
   start_relay "$sys" "$ng" "$calls"
   # The calls are set up first, outside the measured span.
   "$LOAD" --ng "udp:127.0.0.1:$ng" --calls "$calls" --bind-a "127.0.0.1:$a" --bind-b "127.0.0.1:$b" --setup-only \
-    >"$WORK/pairs" 2>"$WORK/setup.err" || { cat "$WORK/setup.err" >&2; exit 1; }
+    >"$WORK/pairs" 2>"$WORK/setup.err" || { cat "$WORK/setup.err" >&2; stop_relay; exit 1; }
   c0=$(cpu_ticks "$PID")
   "$LOAD" --pairs "$WORK/pairs" --bind-a "127.0.0.1:$a" --bind-b "127.0.0.1:$b" \
-    --duration "$DURATION" --tick-ms "$TICK" >"$WORK/load.json" 2>"$WORK/load.err" || { cat "$WORK/load.err" >&2; exit 1; }
+    --duration "$DURATION" --tick-ms "$TICK" >"$WORK/load.json" 2>"$WORK/load.err" || { cat "$WORK/load.err" >&2; stop_relay; exit 1; }
   c1=$(cpu_ticks "$PID")
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
   local recv lost sent per pps
