@@ -123,7 +123,16 @@ fn offer_answer_and_media_both_ways() {
     let (got, from) = recv_tagged(&a, 0xb1, 20);
     assert_eq!(got, 20, "bob → alice through the relay");
     assert_eq!(from, Some(to_alice_side));
-    let s = e.query("c1").expect("query");
+    // The forwarding thread counts a batch right after sending it: the
+    // counters may trail the packets by a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let s = loop {
+        let s = e.query("c1").expect("query");
+        if (s.streams[0].caller.packets, s.streams[0].callee.packets) == (20, 20) || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(s.streams.len(), 1);
     assert_eq!(s.streams[0].caller.packets, 20);
     assert_eq!(s.streams[0].callee.packets, 20);

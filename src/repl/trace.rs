@@ -157,8 +157,8 @@ mod tests {
     }
 
     #[test]
-    fn without_the_reader_the_error_says_use_msg() {
+    fn a_missing_trace_names_the_file() {
         let e = pick(Path::new("x.pcap"), 1).unwrap_err().to_string();
-        assert!(e.contains("--msg"), "{e}");
+        assert!(e.contains("x.pcap"), "{e}");
     }
 }
