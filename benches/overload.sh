@@ -13,7 +13,8 @@
 #   2. surge: tests/sipp/uac_overload.xml at 2R for --duration seconds (a
 #      503 must carry Retry-After, else sipp fails the call); serlua's VmRSS
 #      and 503 counter (serlua ctl stats) are sampled every second;
-#   3. recovery: tests/sipp/uac.xml at R for 20 s right after the surge.
+#   3. recovery: tests/sipp/uac.xml at the normal rate R/2 for 20 s right
+#      after the surge (R itself is the edge: on a shared machine it drifts).
 # Prints: R, the surge's calls answered / refused with 503 / failed, 503s
 # sent, RSS idle / peak / at the end (the bound the issue asks for), the
 # seconds after the surge until the 503 counter stopped rising, and the
@@ -127,8 +128,9 @@ S503=$(sipp_503 "$OUT/surge.screen.log")
 R1=$(overload_503)
 kill -0 "$PROXY_PID" || { echo "overload.sh: serlua died during the surge; see $OUT" >&2; exit 1; }
 
-# 3. recovery at the sustainable rate, sampling on
-uac uac.xml "$CAPACITY" 20 recovery
+# 3. recovery at the normal rate, sampling on
+NORMAL=$((CAPACITY / 2))
+uac uac.xml "$NORMAL" 20 recovery
 while kill -0 "$UAC_PID" 2>/dev/null; do
   r=$(rss_kb "$PROXY_PID"); [ "$r" -gt "$PEAK" ] && PEAK=$r
   printf '%d\t%d\t%d\n' "$t" "$r" "$(overload_503)" >>"$OUT/samples.tsv"
@@ -149,5 +151,5 @@ printf '%-44s %s ok (of which %s refused with 503), %s failed\n' "surge calls" "
 printf '%-44s %s\n' "503 + Retry-After sent by serlua" "$((R1 - R0))"
 printf '%-44s %s / %s / %s MiB\n' "RSS idle / peak / end" "$((IDLE / 1024))" "$((PEAK / 1024))" "$((END_RSS / 1024))"
 printf '%-44s %s s\n' "503s stopped after the surge ended within" "$((LAST_RISE > SURGE_END ? LAST_RISE - SURGE_END : 0))"
-printf '%-44s %s ok, %s failed, %s 503s\n' "recovery at $CAPACITY calls/s for 20 s" "$r_ok" "$r_ko" "$((R2 - R1))"
+printf '%-44s %s ok, %s failed, %s 503s\n' "recovery at $NORMAL calls/s for 20 s" "$r_ok" "$r_ko" "$((R2 - R1))"
 printf 'logs and per-second samples (t, VmRSS KiB, 503s): %s\n' "$OUT"

@@ -185,9 +185,11 @@ fn split_lines(body: &[u8]) -> Vec<Line<'_>> {
 type Res<'a, O> = IResult<&'a str, O>;
 
 /// A run of non-blank characters (the `token`/`non-ws-string` fields of
-/// RFC 8866 §9).
+/// RFC 8866 §9, which exclude CR and LF). A stray CR must not pass as a
+/// field: a last line ending in a bare CR would take an LF added after it
+/// (a rewrite inserting a `c=`) as its CRLF and lose that field.
 fn word(i: &str) -> Res<'_, &str> {
-    nom::bytes::complete::take_while1(|c: char| c != ' ' && c != '\t').parse(i)
+    nom::bytes::complete::take_while1(|c: char| c != ' ' && c != '\t' && c != '\r' && c != '\n').parse(i)
 }
 
 /// Trailing blanks, then the end of the value.
@@ -635,6 +637,22 @@ pub fn rewrite(body: &[u8], targets: &[Option<SocketAddr>]) -> Result<Vec<u8>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `sdp` fuzz target: an `m=` whose transport was a bare
+    /// CR on a last line without LF parsed, and the rewrite, adding a `c=`
+    /// after it, turned the CR into a CRLF and left an `m=` without a
+    /// transport. Such a field is refused now; whatever parses must still
+    /// parse once rewritten.
+    #[test]
+    fn bare_cr_is_not_a_field() {
+        let body = b"\nv=0 0\x0f1\nm=ao 508 \r";
+        assert!(parse(body).is_err());
+        let ok = b"v=0\nm=audio 508 RTP/AVP 0 \r";
+        assert!(parse(ok).is_err(), "a CR after the last field is not blank space either");
+        let fine = b"v=0\nm=audio 508 RTP/AVP 0";
+        let out = rewrite(fine, &["127.0.0.1:30000".parse().ok()]).unwrap();
+        assert_eq!(parse(&out).unwrap().media[0].port, 30000);
+    }
 
     fn crlf(s: &str) -> Vec<u8> {
         s.replace('\n', "\r\n").into_bytes()

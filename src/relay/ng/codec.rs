@@ -1222,6 +1222,35 @@ mod tests {
         assert_eq!(tags, ["zz-offerer", ""]);
     }
 
+    /// Found by the `ng` fuzz target: a `tags` dictionary whose keys differ
+    /// from the tags inside keeps its wire order when decoded, but is
+    /// written keyed (and so sorted) by the tags: the first round trip may
+    /// reorder it, every later one must change nothing.
+    #[test]
+    fn query_tags_round_trip_after_one_normalisation() {
+        let tag = |t: &'static str| B::D(vec![("tag", B::S(t))]);
+        let msg = message(
+            "q",
+            &B::D(vec![
+                ("result", B::S("ok")),
+                (
+                    "tags",
+                    B::D(vec![("b", tag("x")), ("totals", B::D(vec![])), ("tags", B::D(vec![]))]),
+                ),
+            ]),
+        );
+        let first = decode_response(&msg).unwrap();
+        let once = decode_response(&encode_response(&first)).unwrap();
+        let twice = decode_response(&encode_response(&once)).unwrap();
+        assert_eq!(once, twice);
+        let names = |r: &Response| match &r.reply {
+            Reply::Ok(ok) => ok.call.as_ref().map(|c| c.tags.iter().map(|t| t.tag.clone()).collect::<Vec<_>>()),
+            _ => None,
+        };
+        assert_eq!(names(&first), Some(vec!["x".to_string(), "totals".into(), "tags".into()]));
+        assert_eq!(names(&once), Some(vec!["tags".to_string(), "totals".into(), "x".into()]));
+    }
+
     #[test]
     fn rtpp_flags_string_is_folded_in() {
         let flags = "replace-origin replace-session-connection trust-address ICE=remove RTP/AVP direction=pub codec=[transcode=[PCMA PCMU]] symmetric";
