@@ -4,7 +4,7 @@
 # session; prints one table and writes it to bench-out/compare-<time>.md.
 #
 #   benches/compare.sh                       # everything, about 20 minutes
-#   benches/compare.sh --quick               # every cell once, about 4 minutes (noisy)
+#   benches/compare.sh --quick               # every cell once, under 10 minutes (noisy)
 #   benches/compare.sh --workloads "b c" --repeat 5 --duration 20
 #
 # Workloads (sipp on 127.0.0.1; the serlua script and its Kamailio twins):
@@ -89,9 +89,12 @@
 #                       --bindings 20000, media 3 s: to check that every cell fills
 #   --out DIR           logs and results (default bench-out/compare-<time>/)
 #   --no-build          do not run cargo build --release
+#   --report DIR        run nothing: print the table of an earlier run from its
+#                       DIR/results.txt (give the same --workloads/--systems/rates)
 #
 # Needs: sipp (sip-tester), kamailio, kamailio-lua-modules, kamailio-sqlite-modules,
-# kamailio-extra-modules (rtpengine module), rtpengine-daemon, sqlite3, python3.
+# kamailio-extra-modules (rtpengine module), rtpengine-daemon, sqlite3, python3;
+# run as root, it installs the missing ones (apt-get), as scripts/test does.
 # Everything listens on 127.0.0.1 only; every run is bounded in calls and time.
 set -euo pipefail
 # The whole script is one group: bash parses it before running any of it,
@@ -122,6 +125,7 @@ C_ROUTING=pstn
 SCRIPT_C=""
 OUT=""
 BUILD=1
+REPORT_ONLY=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 
@@ -156,6 +160,7 @@ while [ $# -gt 0 ]; do
       shift ;;
     --out) OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --report) OUT=$2; REPORT_ONLY=1; BUILD=0; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
   esac
@@ -188,9 +193,16 @@ fi
 if [[ " $WORKLOADS " == *" c "* || " $WORKLOADS " == *" d "* ]]; then
   command -v rtpengine >/dev/null || missing+=(rtpengine-daemon)
 fi
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "compare.sh: missing: ${missing[*]} (apt-get install ${missing[*]})" >&2
-  exit 1
+if [ "${#missing[@]}" -gt 0 ] && [ "$REPORT_ONLY" = 0 ]; then
+  # As scripts/test does: Debian's packages, when we may install them.
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "compare.sh: installing ${missing[*]}" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  else
+    echo "compare.sh: missing: ${missing[*]} (apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
 fi
 
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -198,7 +210,7 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RESULTS="$OUT/results.txt"
-: >"$RESULTS"
+[ "$REPORT_ONLY" = 1 ] || : >"$RESULTS"
 TCK=$(getconf CLK_TCK)
 TARGET=${CARGO_TARGET_DIR:-target}
 SERLUA="$ROOT/$TARGET/release/serlua"
@@ -446,8 +458,9 @@ rotated() {  # rotated ROUND: the systems in the order of that round
 }
 
 T_START=$(date +%s)
+[ "$REPORT_ONLY" = 1 ] && WORKLOADS_RUN="" || WORKLOADS_RUN=$WORKLOADS
 for w in a b c; do
-  [[ " $WORKLOADS " == *" $w "* ]] || continue
+  [[ " $WORKLOADS_RUN " == *" $w "* ]] || continue
   rate=${RATE[$w]}
   log "== ($w) cost: $rate/s for $DURATION s, $REPEAT round(s), systems alternating"
   for r in $(seq 1 "$REPEAT"); do
@@ -485,7 +498,7 @@ for w in a b c; do
   unset stopped
 done
 
-if [[ " $WORKLOADS " == *" mem "* ]]; then
+if [[ " $WORKLOADS_RUN " == *" mem "* ]]; then
   log "== memory per binding: $BINDINGS registrations at $MEM_RATE/s"
   for sys in "${SYS[@]}"; do
     d="$OUT/mem/$sys"
@@ -498,7 +511,7 @@ if [[ " $WORKLOADS " == *" mem "* ]]; then
   done
 fi
 
-if [[ " $WORKLOADS " == *" d "* ]]; then
+if [[ " $WORKLOADS_RUN " == *" d "* ]]; then
   log "== (d) relay forwarding: benches/media.sh --streams $MEDIA_STREAMS --duration $MEDIA_DURATION --repeat $REPEAT --sweep \"$MEDIA_SWEEP\""
   mkdir -p "$OUT/d"
   if benches/media.sh --no-build --streams "$MEDIA_STREAMS" --duration "$MEDIA_DURATION" --repeat "$REPEAT" \
@@ -635,6 +648,11 @@ if "mem" in workloads:
         v[s] = num(m[0]["perbind"]) if m else None
     n = next((r.get("ok") for r in mem_rows if r.get("ok")), "?")
     table.append(("mem", f"bytes per binding at {int(n):,} bindings (Pss delta / bindings)" if n != "?" else "bytes per binding", v, 0, True))
+    base = {}
+    for s in cols:
+        m = [r for r in mem_rows if r.get("sys") == s and r.get("error") is None]
+        base[s] = num(m[0]["pss0_kb"]) / 1024 if m and num(m[0].get("pss0_kb")) else None
+    table.append(("mem", "Pss before the first REGISTER, subscribers provisioned, MiB", base, 1, True))
 
 media = {}
 if "d" in workloads and os.path.exists(media_out):
