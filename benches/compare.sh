@@ -42,8 +42,10 @@
 #                 registration placed and successful within 10% + 1.5 s of the
 #                 load's nominal length;
 #                 a system is not tried above its first failing rate. ">R"
-#                 means the highest rate tried passed (on 2 cores sipp itself
-#                 is the limit first: see sipp CPU in the run logs).
+#                 means the highest rate tried passed (on 2 cores the two
+#                 sipps are soon the limit: benches/relay.sh --proxy none
+#                 measures sipp alone). Kamailio's failed calls are mostly
+#                 a 180 forwarded after its 200 (two workers on one socket).
 #   CPU/10k       CPU-seconds per 10,000 calls (or registrations) at the fixed
 #                 rate --rate-X: utime+stime of every thread of every process
 #                 of the system (Kamailio's forked children, rtpengine in (c))
