@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::sip::{Call, Received, SipMsg, UdpPeer, padded_to, response, spawn_uas, unique};
-use harness::sipp::{LoggedMsg, SippOpts, SippResult, SippRun, logged_messages};
+use harness::sipp::{LoggedMsg, SippOpts, SippRun, ensure_sipp, logged_messages};
 use harness::tcp::TcpPeer;
 use harness::{Ctx, Proxy, ProxyOpts, free_port, free_udp_port, have_ipv6, run_serlua, sipp_or_skip, which};
 
@@ -32,16 +32,6 @@ fn local(port: u16) -> SocketAddr {
 
 fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
-}
-
-/// Fails unless every sipp run succeeded with `calls` successful calls.
-fn ensure_sipp(ctx: &Ctx, results: &[&SippResult], calls: u64) {
-    let all = results.iter().map(|r| r.describe()).collect::<Vec<_>>().join("; ");
-    for r in results {
-        ctx.ensure(r.ok() && r.successful == Some(calls), || {
-            format!("expected {calls} successful calls and 0 failed: {all}")
-        });
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1098,38 +1088,6 @@ fn j_listen_override_several_sockets() {
         format!("serlua's log mentions the script's port {c}")
     });
     proxy.ensure_alive(&ctx);
-}
-
-// ---------------------------------------------------------------------------
-// k. per-source ordering
-
-/// DESIGN.md: serlua must not reorder the messages of one call. With two
-/// workers (`children = 2`), 2,000 calls at 500 calls/s through the strict
-/// tests/sipp/uac.xml, which fails a call whose 180 arrives after its 200
-/// (and uas.xml, which fails one whose BYE overtakes its ACK): 0 failed.
-#[test]
-fn k_per_source_order_2000_calls_two_workers() {
-    let ctx = Ctx::new("k_per_source_order_2000_calls_two_workers");
-    if !sipp_or_skip(&ctx.name) {
-        return;
-    }
-    const CALLS: u32 = 2000;
-    let uas_port = free_udp_port();
-    let uac_port = free_udp_port();
-    let uas = SippRun::spawn(&ctx, SippOpts::uas("uas.xml", uas_port, CALLS).timeout(Duration::from_secs(30)));
-    let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(uas_port)).env(&[("SERLUA_CHILDREN", "2")]));
-    let uac = SippRun::spawn(
-        &ctx,
-        SippOpts::uac("uac.xml", uac_port, proxy.addr, CALLS, 500).timeout(Duration::from_secs(30)),
-    );
-    let uac_r = uac.wait(Duration::from_secs(10));
-    let uas_r = uas.wait(Duration::from_secs(10));
-    proxy.ensure_alive(&ctx);
-    let log = proxy.stderr_text();
-    ctx.ensure(log.contains("started with 2 workers"), || {
-        "serlua did not start 2 workers".to_string()
-    });
-    ensure_sipp(&ctx, &[&uac_r, &uas_r], u64::from(CALLS));
 }
 
 // ---------------------------------------------------------------------------

@@ -437,3 +437,13 @@ pub fn logged_messages(path: &std::path::Path) -> Vec<LoggedMsg> {
     }
     out
 }
+
+/// Fails unless every sipp run succeeded with `calls` successful calls.
+pub fn ensure_sipp(ctx: &super::Ctx, results: &[&SippResult], calls: u64) {
+    let all = results.iter().map(|r| r.describe()).collect::<Vec<_>>().join("; ");
+    for r in results {
+        ctx.ensure(r.ok() && r.successful == Some(calls), || {
+            format!("expected {calls} successful calls and 0 failed: {all}")
+        });
+    }
+}
