@@ -361,8 +361,9 @@ fn decode_dict<'a, T: Deserialize<'a>>(dict: &'a [u8]) -> Result<T, NgError> {
     Ok(bt_bencode::from_slice(dict)?)
 }
 
-/// Rejects input whose lists/dictionaries nest deeper than `max`, walking
-/// the bencode structure without recursion. It only measures: wherever the
+/// Rejects input whose lists/dictionaries nest deeper than `max`, or whose
+/// strings claim more bytes than the message has, walking the bencode
+/// structure without recursion. It only measures: wherever the
 /// input stops being bencode it stops too and leaves the verdict to the
 /// decoder, which parses the same grammar and so fails at that same point
 /// without having gone deeper than what was measured.
@@ -391,8 +392,17 @@ fn check_depth(buf: &[u8], max: usize) -> Result<(), NgError> {
                     return Ok(());
                 };
                 let len = std::str::from_utf8(&buf[i..i + colon]).ok().and_then(|s| s.parse::<usize>().ok());
+                let start = i + colon + 1;
                 match len {
-                    Some(len) => i = i.saturating_add(colon + 1).saturating_add(len),
+                    // A length past the end of the message is refused here:
+                    // bt_bencode adds it to its position unchecked (found by
+                    // the ng fuzz target: a length near u64::MAX overflowed).
+                    Some(len) if len > buf.len() - start => {
+                        return Err(NgError::Bencode(format!(
+                            "a string at byte {i} says it is {len} bytes long, past the end"
+                        )));
+                    }
+                    Some(len) => i = start + len,
                     None => return Ok(()),
                 }
             }
@@ -1358,5 +1368,14 @@ mod tests {
             .unwrap();
         let decoded = h.join().expect("no panic");
         assert!(decoded > 0);
+    }
+
+    #[test]
+    fn a_string_length_past_the_end_is_refused_not_overflowed() {
+        // The ng fuzz target's crash input: a length near u64::MAX.
+        let msg = b"2 d3:wdp0000001844674407370955160505:";
+        assert!(matches!(decode_request(msg), Err(NgError::Bencode(_))));
+        assert!(matches!(decode_response(msg), Err(NgError::Bencode(_))));
+        assert!(matches!(decode_request(b"c d7:command4:pi"), Err(_)));
     }
 }
