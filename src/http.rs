@@ -296,20 +296,6 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Totals of the media relay since start.
-struct RelayTotals {
-    packets: u64,
-    bytes: u64,
-}
-
-/// The embedded relay's packet and byte counters since start, every
-/// session and direction together: read from its atomics, not from the
-/// live sessions, so ended sessions keep counting.
-fn relay_totals(control: &Control) -> RelayTotals {
-    let (packets, bytes) = control.relay_totals();
-    RelayTotals { packets, bytes }
-}
-
 fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
@@ -501,20 +487,22 @@ impl Collector for Metrics {
             None,
             sessions as i64,
         )?;
-        let relay = relay_totals(control);
+        // The relay's own atomics, not the live sessions: ended sessions
+        // keep counting.
+        let (relay_packets, relay_bytes) = control.relay_totals();
         counter(
             &mut enc,
             "serlua_relay_packets",
             "RTP/RTCP packets relayed, both directions.",
             None,
-            relay.packets,
+            relay_packets,
         )?;
         counter(
             &mut enc,
             "serlua_relay",
             "RTP/RTCP bytes relayed, both directions.",
             Some(&Unit::Bytes),
-            relay.bytes,
+            relay_bytes,
         )?;
 
         {

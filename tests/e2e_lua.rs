@@ -61,6 +61,8 @@
 #[path = "e2e/mod.rs"]
 mod harness;
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -108,7 +110,7 @@ impl Lab {
             ctx,
             proxy: None,
             db,
-            ports: free_port_range(40),
+            ports: common::ports::free_udp_range(40),
         })
     }
 
@@ -178,24 +180,6 @@ impl Lab {
                 .ensure(st.is_some_and(|s| s.success()), || format!("serlua exit: {}", describe_status(st)));
         }
     }
-}
-
-/// A free even port range of `n` ports for the relay (RTP/RTCP pairs).
-fn free_port_range(n: u16) -> (u16, u16) {
-    loop {
-        let base = 20000 + (rand_u16() % 2000) * 20;
-        if (base..base + n).all(|p| UdpSocket::bind(local(p)).is_ok()) {
-            return (base, base + n - 1);
-        }
-    }
-}
-
-fn rand_u16() -> u16 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (t ^ std::process::id().wrapping_mul(2654435761)) as u16
 }
 
 /// 127.0.0.`n`:5060, where the test's gateway listens: where the script's

@@ -26,6 +26,8 @@
 #[path = "e2e/mod.rs"]
 mod harness;
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,24 +64,6 @@ fn ctl_json(ctx: &Ctx, sock: &Path, args: &[&str]) -> Value {
         )
     });
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| ctx.fail(&format!("ctl {args:?}: not JSON ({e}): {}", out.stdout)))
-}
-
-/// A free even port range of `n` ports for a relay (RTP/RTCP pairs).
-fn free_port_range(n: u16) -> (u16, u16) {
-    loop {
-        let base = 20000 + (rand_u16() % 2000) * 20;
-        if (base..base + n).all(|p| UdpSocket::bind(local(p)).is_ok()) {
-            return (base, base + n - 1);
-        }
-    }
-}
-
-fn rand_u16() -> u16 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (t ^ std::process::id().wrapping_mul(2654435761)) as u16
 }
 
 /// Registers `user` from `sip_port` without auth (nat_media.lua has none);
@@ -282,7 +266,7 @@ fn nat_call_embedded() {
         return;
     }
     let ctx = Ctx::new("nat_call_embedded");
-    let (lo, hi) = free_port_range(40);
+    let (lo, hi) = common::ports::free_udp_range(40);
     let ports = format!("{lo}-{hi}");
     // The harness gives the proxy the control socket <label>.ctl.
     let ctl = ctx.path("serlua.ctl");
@@ -414,7 +398,7 @@ fn nat_call_rtpengine() {
     };
     let ctx = Ctx::new("nat_call_rtpengine");
     let ng = local(free_udp_port());
-    let _rtpengine = start_rtpengine(&ctx, &bin, ng, free_port_range(40));
+    let _rtpengine = start_rtpengine(&ctx, &bin, ng, common::ports::free_udp_range(40));
     let relay = format!("ng:udp:{ng}");
     let env = [("SERLUA_RELAY", relay.as_str())];
     let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(9)).script(SCRIPT).env(&env));
@@ -435,7 +419,7 @@ fn kamailio_drives_serlua_relay() {
     let ctx = Ctx::new("kamailio_drives_serlua_relay");
     // serlua relay on its own, speaking ng.
     let ng = local(free_udp_port());
-    let (lo, hi) = free_port_range(40);
+    let (lo, hi) = common::ports::free_udp_range(40);
     let relay_log = ctx.path("relay.stderr.log");
     let mut cmd = Command::new(harness::SERLUA);
     cmd.args([

@@ -18,20 +18,14 @@ use serlua::sip::SipMessage;
 const SDP: &str =
     "v=0\r\no=alice 1 1 IN IP4 192.168.1.10\r\ns=-\r\nc=IN IP4 192.168.1.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
 
-/// A free range of `n` ports for one engine.
-fn free_range(n: u16) -> String {
-    for i in 0..2000u32 {
-        let seed = (std::process::id().wrapping_mul(31) + i * 7_919) % 1400;
-        let base = 30000 + (seed as u16) * 14;
-        if (base..base + n).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return format!("{base}-{}", base + n - 1);
-        }
-    }
-    panic!("no free port range");
-}
-
 /// A script relaying everything to 127.0.0.1:5070 after calling `call`
 /// on INVITEs (its results go into X-Relay), `end` on BYEs.
+/// A free range of `n` ports as `rtp_ports` takes it.
+fn free_range(n: u16) -> String {
+    let (lo, hi) = common::ports::free_udp_range(n);
+    format!("{lo}-{hi}")
+}
+
 fn script(relay_params: &str, call: &str) -> String {
     format!(
         r#"
@@ -186,14 +180,22 @@ fn a_silent_relay_is_skipped_for_the_next() {
     let server = serlua::relay::ng::serve("127.0.0.1:0".parse().expect("addr"), engine.clone()).expect("ng server");
     let live = server.local_addr();
     let (_dead_sock, dead) = silent();
-    // The dead relay first in the list, and for a Call-ID that hashes to
-    // it: whichever the hash picks, the call must end up relayed.
+    // The dead relay first in the list, and Call-IDs that hash to it (the
+    // client's own choice, asked of a client with the same list): each
+    // call must fall over to the live relay.
     let params = format!("modparam(\"rtpproxy\", \"relay\", \"ng:udp:{dead} ng:udp:{live}\")");
+    let names = [format!("ng:udp:{dead}"), format!("ng:udp:{live}")];
+    let chooser = serlua::relay::ng::NgClient::new(&[names[0].as_str(), names[1].as_str()], Duration::from_millis(200)).expect("client");
+    let to_dead: Vec<String> = (0..)
+        .map(|i| format!("fail{i}"))
+        .filter(|c| chooser.relay_for(c) == 0)
+        .take(4)
+        .collect();
     let mut n = Net::new("media.lua", &script(&params, "r[1] = tostring(force_rtp_proxy())"));
-    for i in 0..4 {
+    for call_id in &to_dead {
         let t = Instant::now();
-        let m = through(&mut n, &format!("fail{i}"), SDP);
-        assert_eq!(header(&m, "X-Relay"), "true", "call {i}");
+        let m = through(&mut n, call_id, SDP);
+        assert_eq!(header(&m, "X-Relay"), "true", "call {call_id}");
         assert!(t.elapsed() < Duration::from_secs(3), "bounded wait: {:?}", t.elapsed());
     }
     assert_eq!(engine.list().expect("list").len(), 4, "every call reached the live relay");

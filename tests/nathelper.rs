@@ -16,27 +16,16 @@ use serlua::transport::{Proto, Transmit};
 
 mod common;
 
-use common::net::{Net as Core, forwarded, header, only_reply, parse};
+use common::net::{Net, forwarded, header, only_reply, parse};
 
-/// The core with nathelper's script name, and its NAT ping counter.
-struct Net(Core);
+/// The core running `script` as nathelper's tests name it.
+fn net(script: &str) -> Net {
+    Net::new("nat.lua", script)
+}
 
-impl Net {
-    fn new(script: &str) -> Net {
-        Net(Core::new("nat.lua", script))
-    }
-    fn recv_on(&mut self, local: u16, proto: Proto, from: &str, text: &str) -> Vec<Transmit> {
-        self.0.recv_on(local, proto, from, text)
-    }
-    fn recv(&mut self, from: &str, text: &str) -> Vec<Transmit> {
-        self.0.recv(from, text)
-    }
-    fn run(&mut self, secs: u64) -> Vec<(u64, Transmit)> {
-        self.0.run(secs)
-    }
-    fn nat_pings(&self) -> u64 {
-        self.0.w.env.shared.stats.nat_pings.load(Ordering::Relaxed)
-    }
+/// NAT keepalives sent so far.
+fn nat_pings(n: &Net) -> u64 {
+    n.w.env.shared.stats.nat_pings.load(Ordering::Relaxed)
 }
 
 // ---------------------------------------------------------------- the NAT tests
@@ -89,7 +78,7 @@ fn results(n: &mut Net, from: &str, via: &str, contact: &str, sdp_c: Option<&str
 
 #[test]
 fn nat_uac_test_and_client_nat_test_bits() {
-    let mut n = Net::new(TESTS);
+    let mut n = net(TESTS);
     // Behind a NAT: private Contact, Via and SDP, and the packet comes
     // from another address and port.        1 2 4 8 16 32 / 1 2 4
     assert_eq!(
@@ -189,12 +178,12 @@ fn fixups_reject_bad_literal_flags_at_load_time() {
 
 #[test]
 fn out_of_range_flags_at_run_time_are_script_errors() {
-    let mut n = Net::new(
+    let mut n = net(
         "listen = \"udp:127.0.0.1:5060\"\nfunction route.main()\n  local f = 64\n  if nat_uac_test(f) then end\n  sl_send_reply(200, \"OK\")\nend\n",
     );
     let (_, r) = only_reply(&n.recv("203.0.113.7:40000", &options("192.168.1.20:5060", "<sip:a@192.168.1.20>", None)));
     assert_eq!(r.status(), Some(500));
-    assert_eq!(n.0.w.env.shared.stats.script_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(n.w.env.shared.stats.script_errors.load(Ordering::Relaxed), 1);
 }
 
 // ---------------------------------------------------------------- fix-ups
@@ -252,7 +241,7 @@ fn reply_to(req: &SipMessage, status: u16, reason: &str, contact: &str) -> Strin
 
 #[test]
 fn fix_nated_contact_in_requests_and_replies() {
-    let mut n = Net::new(RELAY);
+    let mut n = net(RELAY);
     let out = n.recv(
         "203.0.113.7:40000",
         &invite(
@@ -293,7 +282,7 @@ fn fix_nated_contact_in_requests_and_replies() {
 
 #[test]
 fn fix_nated_contact_in_the_onreply_route() {
-    let mut n = Net::new(RELAY);
+    let mut n = net(RELAY);
     let out = n.recv(
         "127.0.0.1:5090",
         &invite("127.0.0.1:5090", "<sip:alice@127.0.0.1:5090>", "", "z9hG4bK-r1"),
@@ -311,7 +300,7 @@ fn fix_nated_contact_in_the_onreply_route() {
 
 #[test]
 fn force_rport_sends_replies_to_the_source_port() {
-    let mut n = Net::new(RELAY);
+    let mut n = net(RELAY);
     // Without force_rport: received is added (other address), the port is the Via's.
     let out = n.recv("203.0.113.7:40000", &options("192.168.1.20:5060", "<sip:a@192.168.1.20>", None));
     assert_eq!(only_reply(&out).0, "203.0.113.7:5060".parse::<SocketAddr>().unwrap());
@@ -353,7 +342,7 @@ fn force_rport_sends_replies_to_the_source_port() {
 
 #[test]
 fn add_rcv_param_to_header_or_uri() {
-    let mut n = Net::new(RELAY);
+    let mut n = net(RELAY);
     let out = n.recv(
         "203.0.113.7:40000",
         &invite(
@@ -424,7 +413,7 @@ Content-Length: 0
 #[test]
 fn fix_nated_register_keeps_the_source_and_lookup_uses_it() {
     for params in ["modparam(\"registrar\", \"nat_flag\", 6)", ""] {
-        let mut n = Net::new(&registrar(params));
+        let mut n = net(&registrar(params));
         let out = n.recv("127.0.0.1:40000", &register("bob", 5060, "sip:bob@192.168.1.20:5060", "UDP", 600));
         let (_, r) = only_reply(&out);
         assert_eq!(r.status(), Some(200));
@@ -433,7 +422,7 @@ fn fix_nated_register_keeps_the_source_and_lookup_uses_it() {
             "<sip:bob@192.168.1.20:5060>;expires=600;received=\"sip:127.0.0.1:40000\"",
             "the Contact as registered, with where it was seen ({params})"
         );
-        let rec = n.0.w.env.shared.store.location.lookup("bob", n.0.w.env.unix_now()).expect("bound");
+        let rec = n.w.env.shared.store.location.lookup("bob", n.w.env.unix_now()).expect("bound");
         let b = &rec.bindings[0];
         assert_eq!(b.contact(), "sip:bob@192.168.1.20:5060");
         assert_eq!(b.received(), Some("sip:127.0.0.1:40000"));
@@ -451,7 +440,7 @@ fn fix_nated_register_keeps_the_source_and_lookup_uses_it() {
         assert_eq!(fwd.ruri().map(|u| u.to_string()).as_deref(), Some("sip:bob@192.168.1.20:5060"));
     }
     // Over TCP the received URI says so.
-    let mut n = Net::new(&registrar(""));
+    let mut n = net(&registrar(""));
     let out = n.recv_on(
         2,
         Proto::Tcp,
@@ -459,14 +448,7 @@ fn fix_nated_register_keeps_the_source_and_lookup_uses_it() {
         &register("carol", 5060, "sip:carol@10.0.0.7", "TCP", 600),
     );
     assert_eq!(only_reply(&out).1.status(), Some(200));
-    let rec =
-        n.0.w
-            .env
-            .shared
-            .store
-            .location
-            .lookup("carol", n.0.w.env.unix_now())
-            .expect("bound");
+    let rec = n.w.env.shared.store.location.lookup("carol", n.w.env.unix_now()).expect("bound");
     assert_eq!(rec.bindings[0].received(), Some("sip:127.0.0.1:41000;transport=tcp"));
     // A client that is not behind a NAT keeps no received.
     let out = n.recv("127.0.0.1:42000", &register("dave", 42000, "sip:dave@127.0.0.1:42000", "UDP", 600));
@@ -517,7 +499,7 @@ fn tally(sent: &[(u64, Transmit)]) -> (HashMap<SocketAddr, Vec<u64>>, HashMap<u6
 
 #[test]
 fn natping_pings_each_nated_binding_once_per_interval_spread_out() {
-    let mut n = Net::new(&registrar(
+    let mut n = net(&registrar(
         "modparam(\"registrar\", \"nat_flag\", 6)\nmodparam(\"nathelper\", \"natping_interval\", 10)",
     ));
     populate(&mut n, 60, 10);
@@ -539,7 +521,7 @@ fn natping_pings_each_nated_binding_once_per_interval_spread_out() {
         assert!(!by_dst.contains_key(&dst), "ping_nated_only: {dst} is not NATed");
     }
     assert_eq!(sent.len(), 180);
-    assert_eq!(n.nat_pings(), 180);
+    assert_eq!(nat_pings(&n), 180);
     let busiest = by_sec.values().copied().max().unwrap_or(0);
     assert!(by_sec.len() >= 20, "pings spread over the seconds of the interval: {by_sec:?}");
     assert!(
@@ -550,7 +532,7 @@ fn natping_pings_each_nated_binding_once_per_interval_spread_out() {
 
 #[test]
 fn natping_long_interval_every_binding_once() {
-    let mut n = Net::new(&registrar(
+    let mut n = net(&registrar(
         "modparam(\"nathelper\", \"natping_interval\", 100)\nmodparam(\"nathelper\", \"ping_nated_only\", 0)",
     ));
     populate(&mut n, 20, 20);
@@ -563,7 +545,7 @@ fn natping_long_interval_every_binding_once() {
 
 #[test]
 fn natping_skips_expired_and_tcp_bindings_and_uses_the_registration_socket() {
-    let mut n = Net::new(&registrar(
+    let mut n = net(&registrar(
         "modparam(\"nathelper\", \"natping_interval\", 2)\nmodparam(\"registrar\", \"min_expires\", 1)",
     ));
     let out = n.recv_on(
@@ -597,15 +579,15 @@ fn natping_skips_expired_and_tcp_bindings_and_uses_the_registration_socket() {
 
 #[test]
 fn natping_disabled_by_default() {
-    let mut n = Net::new(&registrar("modparam(\"registrar\", \"nat_flag\", 6)"));
+    let mut n = net(&registrar("modparam(\"registrar\", \"nat_flag\", 6)"));
     populate(&mut n, 5, 0);
     assert!(n.run(120).is_empty());
-    assert_eq!(n.nat_pings(), 0);
+    assert_eq!(nat_pings(&n), 0);
 }
 
 #[test]
 fn sipping_options_and_their_replies_are_absorbed() {
-    let mut n = Net::new(&registrar(
+    let mut n = net(&registrar(
         "modparam(\"nathelper\", \"natping_interval\", 1)\nmodparam(\"nathelper\", \"sipping_method\", \"OPTIONS\")",
     ));
     populate(&mut n, 1, 0);
@@ -619,7 +601,7 @@ fn sipping_options_and_their_replies_are_absorbed() {
     assert!(header(&ping, "From").starts_with("<sip:pinger@127.0.0.1:5060>;tag="));
     assert_eq!(header(&ping, "To"), "<sip:n000@192.168.1.20:5060>");
     assert_eq!(ping.cseq().method.to_string(), "OPTIONS");
-    let shared = n.0.w.env.shared.clone();
+    let shared = n.w.env.shared.clone();
     let stats = &shared.stats;
     let dropped = stats.dropped.load(Ordering::Relaxed);
     let ok = format!(
@@ -638,7 +620,7 @@ fn sipping_options_and_their_replies_are_absorbed() {
     );
     assert_eq!(stats.fwd_replies.load(Ordering::Relaxed), 0);
     // sipping_from replaces the pinger's address.
-    let mut n = Net::new(&registrar(
+    let mut n = net(&registrar(
         "modparam(\"nathelper\", \"natping_interval\", 1)\nmodparam(\"nathelper\", \"sipping_method\", \"INFO\")\nmodparam(\"nathelper\", \"sipping_from\", \"sip:keepalive@example.com\")",
     ));
     populate(&mut n, 1, 0);

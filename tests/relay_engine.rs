@@ -6,6 +6,8 @@
 //!
 //!   cargo test --test relay_engine
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,23 +19,11 @@ fn local(port: u16) -> SocketAddr {
     ([127, 0, 0, 1], port).into()
 }
 
-/// A free range of `n` ports (n even) for one engine.
-fn free_range(n: u16) -> (u16, u16) {
-    for i in 0..2000u32 {
-        let seed = (std::process::id().wrapping_mul(7919) + i * 104_729) % 1500;
-        let base = 42000 + (seed as u16) * 12;
-        if (base..base + n).all(|p| UdpSocket::bind(local(p)).is_ok()) {
-            return (base, base + n - 1);
-        }
-    }
-    panic!("no free port range");
-}
-
 fn engine(ports: u16, timeout: Duration) -> Arc<Engine> {
     Engine::start(EngineConfig {
         bind: IpAddr::from([127, 0, 0, 1]),
         advertise: None,
-        ports: free_range(ports),
+        ports: common::ports::free_udp_range(ports),
         media_timeout: timeout,
         threads: 1,
     })

@@ -134,11 +134,6 @@ impl Engine {
         Ok(engine)
     }
 
-    /// The configuration it runs with.
-    pub fn config(&self) -> &EngineConfig {
-        &self.cfg
-    }
-
     /// Packets and bytes relayed since start.
     pub fn totals(&self) -> (u64, u64) {
         self.fwd.totals()

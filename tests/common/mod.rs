@@ -5,3 +5,4 @@
 pub mod corpus;
 pub mod db;
 pub mod net;
+pub mod ports;
