@@ -38,7 +38,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use harness::sip::{Call, UdpPeer};
-use harness::sipp::{SippOpts, SippResult, SippRun};
+use harness::sipp::{SippOpts, SippRun, ensure_sipp};
 use harness::{Ctx, Proxy, ProxyOpts, ROOT, SERLUA, free_udp_port, run_serlua, sipp_or_skip};
 
 fn local(port: u16) -> SocketAddr {
@@ -152,15 +152,6 @@ fn ctl_path(ctx: &Ctx) -> String {
     ctx.path("serlua.ctl").display().to_string()
 }
 
-fn ensure_call(ctx: &Ctx, results: &[&SippResult]) {
-    let all = results.iter().map(|r| r.describe()).collect::<Vec<_>>().join("; ");
-    for r in results {
-        ctx.ensure(r.ok() && r.successful == Some(1), || {
-            format!("expected the call to complete: {all}")
-        });
-    }
-}
-
 /// A proxy running relay.lua towards a sipp UAS answering one call.
 fn relay_with_uas(ctx: &Ctx) -> (Proxy, SippRun) {
     let uas_port = free_udp_port();
@@ -178,6 +169,18 @@ fn place_call(ctx: &Ctx, proxy: &Proxy) -> SippRun {
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// `serlua repl --attach SOCK --match 'msg.method == "INVITE"' --hold
+/// [--timeout SECS]`, once it says it waits.
+fn attach_hold_invite(ctx: &Ctx, sock: &str, timeout: Option<&str>) -> Repl {
+    let mut args = vec!["--attach", sock, "--match", r#"msg.method == "INVITE""#, "--hold"];
+    if let Some(t) = timeout {
+        args.extend(["--timeout", t]);
+    }
+    let mut repl = Repl::start(ctx, "repl", &args);
+    repl.expect(ctx, "that it waits", WAIT, |l| l.starts_with("waiting for a message matching"));
+    repl
+}
+
 #[test]
 fn hold_inspect_release_call_completes() {
     let ctx = Ctx::new("repl_hold_inspect_release_call_completes");
@@ -186,8 +189,7 @@ fn hold_inspect_release_call_completes() {
     }
     let (mut proxy, uas) = relay_with_uas(&ctx);
     let sock = ctl_path(&ctx);
-    let mut repl = Repl::start(&ctx, "repl", &["--attach", &sock, "--match", r#"msg.method == "INVITE""#, "--hold"]);
-    repl.expect(&ctx, "that it waits", WAIT, |l| l.starts_with("waiting for a message matching"));
+    let mut repl = attach_hold_invite(&ctx, &sock, None);
     let uac = place_call(&ctx, &proxy);
     repl.expect(&ctx, "the held INVITE", WAIT, |l| l.starts_with("held: the real message waits"));
     repl.send("msg.ruri");
@@ -206,7 +208,7 @@ fn hold_inspect_release_call_completes() {
     });
     let uac_r = uac.wait(Duration::from_secs(10));
     let uas_r = uas.wait(Duration::from_secs(10));
-    ensure_call(&ctx, &[&uac_r, &uas_r]);
+    ensure_sipp(&ctx, &[&uac_r, &uas_r], 1);
     let code = repl.finish(Duration::from_secs(10));
     ctx.ensure(code == Some(0), || {
         format!("the REPL should exit 0 at the end of its input, got {code:?}")
@@ -237,20 +239,7 @@ fn hold_deadline_releases_by_itself() {
     }
     let (mut proxy, uas) = relay_with_uas(&ctx);
     let sock = ctl_path(&ctx);
-    let mut repl = Repl::start(
-        &ctx,
-        "repl",
-        &[
-            "--attach",
-            &sock,
-            "--match",
-            r#"msg.method == "INVITE""#,
-            "--hold",
-            "--timeout",
-            "2",
-        ],
-    );
-    repl.expect(&ctx, "that it waits", WAIT, |l| l.starts_with("waiting for a message matching"));
+    let mut repl = attach_hold_invite(&ctx, &sock, Some("2"));
     let uac = place_call(&ctx, &proxy);
     repl.expect(&ctx, "the held INVITE", WAIT, |l| l.starts_with("held: the real message waits"));
     let held = Instant::now();
@@ -263,7 +252,7 @@ fn hold_deadline_releases_by_itself() {
     });
     let uac_r = uac.wait(Duration::from_secs(10));
     let uas_r = uas.wait(Duration::from_secs(10));
-    ensure_call(&ctx, &[&uac_r, &uas_r]);
+    ensure_sipp(&ctx, &[&uac_r, &uas_r], 1);
     repl.send(":release");
     repl.expect(&ctx, "that nothing is held any more", WAIT, |l| l == "already released");
     let code = repl.finish(Duration::from_secs(10));
@@ -281,27 +270,14 @@ fn disconnect_releases_at_once() {
     }
     let (mut proxy, uas) = relay_with_uas(&ctx);
     let sock = ctl_path(&ctx);
-    let mut repl = Repl::start(
-        &ctx,
-        "repl",
-        &[
-            "--attach",
-            &sock,
-            "--match",
-            r#"msg.method == "INVITE""#,
-            "--hold",
-            "--timeout",
-            "30",
-        ],
-    );
-    repl.expect(&ctx, "that it waits", WAIT, |l| l.starts_with("waiting for a message matching"));
+    let mut repl = attach_hold_invite(&ctx, &sock, Some("30"));
     let uac = place_call(&ctx, &proxy);
     repl.expect(&ctx, "the held INVITE", WAIT, |l| l.starts_with("held: the real message waits"));
     let gone = Instant::now();
     let _ = repl.child.kill();
     let uac_r = uac.wait(Duration::from_secs(10));
     let uas_r = uas.wait(Duration::from_secs(10));
-    ensure_call(&ctx, &[&uac_r, &uas_r]);
+    ensure_sipp(&ctx, &[&uac_r, &uas_r], 1);
     ctx.ensure(gone.elapsed() < Duration::from_secs(10), || {
         format!(
             "the call took {:?} after the REPL went away (the deadline was 30 s)",
@@ -322,20 +298,7 @@ fn cancel_of_a_held_invite_routes_both_in_order() {
     let uas = SippRun::spawn(&ctx, SippOpts::uas("cancel_uas.xml", uas_port, 1).timeout(Duration::from_secs(60)));
     let mut proxy = Proxy::start(&ctx, ProxyOpts::relay(local(uas_port)));
     let sock = ctl_path(&ctx);
-    let mut repl = Repl::start(
-        &ctx,
-        "repl",
-        &[
-            "--attach",
-            &sock,
-            "--match",
-            r#"msg.method == "INVITE""#,
-            "--hold",
-            "--timeout",
-            "30",
-        ],
-    );
-    repl.expect(&ctx, "that it waits", WAIT, |l| l.starts_with("waiting for a message matching"));
+    let mut repl = attach_hold_invite(&ctx, &sock, Some("30"));
     let mut peer = UdpPeer::bind();
     let call = Call::new(peer.addr, proxy.addr);
     peer.send(&call.invite(), proxy.addr);
