@@ -384,7 +384,7 @@ run_sip() {
   # sipp writes response times every rtt_freq calls (the rest is lost at exit).
   local rtt_freq=$(( n >= 2000 ? 20 : 1 ))
   local p0 c0 r0=0 t0 drops0
-  p0=$(pss_kb "${pids[@]}")
+  if [ "$w" = mem ]; then p0=$(settled_pss_kb "${pids[@]}"); else p0=$(pss_kb "${pids[@]}"); fi
   c0=$(cpu_ticks "${pids[@]}")
   [ -n "$RELAY_PID" ] && r0=$(cpu_ticks "$RELAY_PID")
   drops0=$(udp_drops)
@@ -415,8 +415,7 @@ run_sip() {
   s=$(pss_kb "${pids[@]}"); [ "$s" -gt "$peak" ] && peak=$s
   local settled=$s
   if [ "$w" = mem ]; then
-    sleep 3
-    settled=$(pss_kb "${pids[@]}")
+    settled=$(settled_pss_kb "${pids[@]}")
   fi
   local sessions=$engaged
   [ "$w" = c ] && [ -n "$RELAY_PID" ] && sessions="$engaged,rtpengine:$(rtpengine_sessions "$ng")"

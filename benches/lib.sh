@@ -108,6 +108,24 @@ pss_kb() {
   echo "$total"
 }
 
+# settled_pss_kb PID...: Pss (as pss_kb) once it has stopped moving: sampled
+# every 0.5 s until two samples in a row differ by under 0.5% (at most 20 s).
+# A process that has just loaded a table, or just served a surge, is still
+# returning freed pages; a single sample then measures the moment, not the state.
+settled_pss_kb() {
+  local prev cur i
+  prev=$(pss_kb "$@")
+  for i in $(seq 1 40); do
+    sleep 0.5
+    cur=$(pss_kb "$@")
+    if [ $(( (cur > prev ? cur - prev : prev - cur) * 200 )) -le "$cur" ]; then
+      break
+    fi
+    prev=$cur
+  done
+  echo "$cur"
+}
+
 # hwm_kb PID...: VmHWM summed over the processes (kB; shared pages count in each).
 hwm_kb() {
   local total=0 p v

@@ -8,6 +8,21 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serlua::app::{self, Overrides};
 
+// jemalloc, with its background threads returning freed pages to the
+// kernel after a few seconds: glibc's per-thread arenas kept every transient
+// peak (a registration surge, a table reload) resident long after it ended,
+// and the registrar's footprint followed its worst moment, not its bindings.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's start-up options: freed pages go back after about a second
+/// rather than ten, so the process's size follows its tables within
+/// moments of a surge or a bulk load (the purging runs on jemalloc's own
+/// background thread, off the SIP workers).
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// SIP proxy, registrar and media relay whose routing is a Lua script
 /// written like SER's ser.cfg.
 #[derive(Parser)]

@@ -116,6 +116,7 @@ pub fn start(shared: Arc<Shared>) -> anyhow::Result<DbThread> {
                 db: Some(db),
                 last_sync: chrono::Utc::now().naive_utc(),
                 syncs: 0,
+                seen: [None; 2],
             };
             state.run(r2, w2, s2).await;
         });
@@ -134,6 +135,17 @@ struct Loop {
     db: Option<Db>,
     last_sync: chrono::NaiveDateTime,
     syncs: u64,
+    /// The SQLite `data_version` each periodic read last saw.
+    seen: [Option<i64>; 2],
+}
+
+/// The periodic reads gated on another writer's commit.
+#[derive(Clone, Copy)]
+enum Marker {
+    /// `table_refresh`: subscribers, domains, trusted.
+    Tables = 0,
+    /// `sync_interval`: other proxies' bindings.
+    Sync = 1,
 }
 
 impl Loop {
@@ -158,6 +170,8 @@ impl Loop {
                     Ok(db) => {
                         tracing::info!("database {} is back", crate::db::redact_url(&self.url));
                         self.db = Some(db);
+                        // A new connection's data_version starts afresh.
+                        self.seen = [None; 2];
                         backoff = Duration::from_millis(500);
                     }
                     Err(e) => {
@@ -175,7 +189,10 @@ impl Loop {
             }
             if self.db.is_some() && (want_reload || (!refresh.is_zero() && now >= next_refresh)) {
                 next_refresh = now + refresh;
-                if let Some(db) = self.db.as_mut() {
+                if !want_reload && !self.changed_elsewhere(Marker::Tables).await {
+                    // Nothing else wrote the SQLite file: the reload would
+                    // read 100,000 subscribers to find them unchanged.
+                } else if let Some(db) = self.db.as_mut() {
                     match load_tables(db, &self.shared).await {
                         Ok(()) if want_reload => tracing::info!("tables reloaded: {} subscribers", self.shared.store.subscriber_count()),
                         Ok(()) => {}
@@ -185,7 +202,13 @@ impl Loop {
             }
             if self.db.is_some() && !sync.is_zero() && now >= next_sync {
                 next_sync = now + sync;
-                if let Err(e) = self.sync().await {
+                // On SQLite only another writer's commit can bring bindings
+                // this proxy does not hold.
+                let asked = chrono::Utc::now().naive_utc();
+                if !self.changed_elsewhere(Marker::Sync).await {
+                    // Every row written since the last poll is this proxy's own.
+                    self.last_sync = asked;
+                } else if let Err(e) = self.sync().await {
                     self.lost(e);
                 }
             }
@@ -195,6 +218,19 @@ impl Loop {
                 }
                 return;
             }
+        }
+    }
+
+    /// True unless the database is SQLite and nothing but this proxy has
+    /// committed to it since `marker`'s last read (an error also says
+    /// true: the read itself will then report it).
+    async fn changed_elsewhere(&mut self, marker: Marker) -> bool {
+        let Some(db) = self.db.as_mut() else {
+            return true;
+        };
+        match db.data_version().await {
+            Ok(Some(v)) => self.seen[marker as usize].replace(v) != Some(v),
+            Ok(None) | Err(_) => true,
         }
     }
 

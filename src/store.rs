@@ -85,12 +85,34 @@ impl Store {
         self.subscribers.load().get(&subscriber_key(username, domain)).cloned()
     }
 
-    /// Replaces the subscriber table (after a load or reload).
+    /// Replaces the subscriber table (after a load or reload). Rows that
+    /// did not change keep their entry, and a reload that changed nothing
+    /// (the usual `table_refresh` tick) keeps the whole table: rebuilding
+    /// 100,000 unchanged entries every ten seconds left the old table's
+    /// freed memory scattered between the new one's, and the process grew
+    /// by a third on the first reload.
     pub fn set_subscribers(&self, rows: Vec<Subscriber>) {
-        let map: SubscriberMap = rows
-            .into_iter()
-            .map(|s| (subscriber_key(&s.username, &s.domain), Arc::new(s)))
-            .collect();
+        let old = self.subscribers.load_full();
+        // Compare before building anything: an unchanged reload allocates
+        // only one key at a time.
+        let unchanged = rows.len() == old.len()
+            && rows
+                .iter()
+                .all(|s| old.get(&subscriber_key(&s.username, &s.domain)).is_some_and(|o| **o == *s));
+        // (Equal lengths and every row found equal means the same set: the
+        // table's unique (username, domain) key rules out a repeated row.)
+        if unchanged {
+            return;
+        }
+        let mut map = SubscriberMap::with_capacity(rows.len());
+        for s in rows {
+            let key = subscriber_key(&s.username, &s.domain);
+            let entry = match old.get(&key) {
+                Some(o) if **o == s => o.clone(),
+                _ => Arc::new(s),
+            };
+            map.insert(key, entry);
+        }
         self.subscribers.store(Arc::new(map));
     }
 
@@ -143,5 +165,53 @@ impl Store {
         }
         rules.sort_by_key(|r| std::cmp::Reverse(r.row.priority));
         self.trusted.store(Arc::new(rules));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModParams;
+
+    fn store() -> Store {
+        Store::new(&CoreConfig::with_params(ModParams::default()).expect("default config"), 1)
+    }
+
+    #[test]
+    fn a_reload_that_changed_nothing_keeps_the_table() {
+        let st = store();
+        let rows = || {
+            vec![
+                Subscriber::new("alice", "example.com", "a"),
+                Subscriber::new("bob", "example.com", "b"),
+            ]
+        };
+        st.set_subscribers(rows());
+        let before = st.subscribers.load_full();
+        st.set_subscribers(rows());
+        assert!(
+            Arc::ptr_eq(&before, &st.subscribers.load_full()),
+            "an unchanged reload replaced the table"
+        );
+
+        // A changed password is seen; the unchanged row keeps its entry.
+        st.set_subscribers(vec![
+            Subscriber::new("alice", "example.com", "a"),
+            Subscriber::new("bob", "example.com", "new"),
+        ]);
+        let after = st.subscribers.load_full();
+        assert_eq!(st.subscriber("bob", "example.com").expect("bob").password, "new");
+        assert!(Arc::ptr_eq(
+            &before[&subscriber_key("alice", "example.com")],
+            &after[&subscriber_key("alice", "example.com")]
+        ));
+
+        // A removed row is gone even when a duplicate keeps the row count.
+        st.set_subscribers(vec![
+            Subscriber::new("alice", "example.com", "a"),
+            Subscriber::new("ALICE", "example.com", "a"),
+        ]);
+        assert!(st.subscriber("bob", "example.com").is_none());
+        assert_eq!(st.subscriber_count(), 1);
     }
 }

@@ -193,7 +193,10 @@ pub struct Usrloc {
     /// Which table this is.
     pub table: UlTable,
     use_domain: bool,
-    shards: Vec<RwLock<HashMap<Box<str>, Record>>>,
+    // Boxed records: a hash table slot then costs 24 bytes rather than a
+    // whole Record, and a table is at most half-full just after it grows
+    // (memory per binding is a goal: under 1 KiB).
+    shards: Vec<RwLock<HashMap<Box<str>, Box<Record>>>>,
     pending: Mutex<HashMap<Box<str>, PendingOp>>,
     /// True when a database thread drains the queue (false in tests
     /// without a database: nothing is queued then).
@@ -294,7 +297,7 @@ impl Usrloc {
         }
     }
 
-    fn shard(&self, key: &str) -> &RwLock<HashMap<Box<str>, Record>> {
+    fn shard(&self, key: &str) -> &RwLock<HashMap<Box<str>, Box<Record>>> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]
@@ -332,7 +335,7 @@ impl Usrloc {
     /// and may create one; an empty record is removed.
     pub fn update<R>(&self, key: &str, f: impl FnOnce(&mut Option<Record>) -> R) -> R {
         let mut guard = self.shard(key).write();
-        let mut slot = guard.remove(key);
+        let mut slot = guard.remove(key).map(|b| *b);
         let persistent = self.persistent.load(Ordering::Relaxed);
         let before: Vec<Binding> = if persistent {
             slot.as_ref().map(|r| r.bindings.to_vec()).unwrap_or_default()
@@ -358,7 +361,7 @@ impl Usrloc {
         }
         if let Some(rec) = slot {
             if !rec.bindings.is_empty() {
-                guard.insert(key.into(), rec);
+                guard.insert(key.into(), Box::new(rec));
             }
         }
         out
@@ -392,12 +395,25 @@ impl Usrloc {
     pub fn merge_rows(&self, rows: &[BindingRow]) {
         for r in rows {
             let key = self.aor_key(&r.username, r.domain.as_deref());
+            // A sync reads back this proxy's own recent writes: a binding
+            // already held at that age stays as it is (replacing it with an
+            // equal copy only churned memory, thousands of rows a poll).
+            let held = self.shard(&key).read().get(key.as_str()).is_some_and(|rec| {
+                rec.bindings
+                    .iter()
+                    .any(|x| x.ruid() == r.ruid && x.last_modified >= from_datetime(r.last_modified))
+            });
+            if held {
+                continue;
+            }
             let b = Binding::from_row(r);
             let mut guard = self.shard(&key).write();
-            let rec = guard.entry(key.as_str().into()).or_insert_with(|| Record {
-                username: r.username.as_str().into(),
-                domain: r.domain.as_deref().map(Into::into),
-                bindings: Default::default(),
+            let rec = guard.entry(key.as_str().into()).or_insert_with(|| {
+                Box::new(Record {
+                    username: r.username.as_str().into(),
+                    domain: r.domain.as_deref().map(Into::into),
+                    bindings: Default::default(),
+                })
             });
             match rec.bindings.iter_mut().find(|x| x.ruid() == b.ruid()) {
                 Some(x) if x.last_modified > b.last_modified => {}
@@ -479,7 +495,7 @@ impl Usrloc {
     pub fn snapshot(&self) -> Vec<Record> {
         self.shards
             .iter()
-            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| s.read().values().map(|r| Record::clone(r)).collect::<Vec<_>>())
             .collect()
     }
 
@@ -492,7 +508,7 @@ impl Usrloc {
                 if out.len() >= limit {
                     return out;
                 }
-                out.push(rec.clone());
+                out.push(Record::clone(rec));
             }
         }
         out

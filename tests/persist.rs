@@ -16,6 +16,7 @@ use serlua::worker::Worker;
 
 const SCRIPT: &str = r#"
 listen = "udp:127.0.0.1:5060"
+table_refresh = 1
 modparam("usrloc", "sync_interval", 1)
 function route.main()
   if msg.method == "REGISTER" then
@@ -136,5 +137,27 @@ fn a_binding_written_by_another_proxy_is_picked_up() {
     assert_eq!(b.send(&options("shared")).status(), Some(299));
     a.stop();
     b.stop();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_subscriber_added_by_another_process_is_loaded_by_the_periodic_refresh() {
+    let dir = std::env::temp_dir().join(format!("serlua-persist-c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("c.db").display());
+    let p = Proxy::start(&url);
+    // A few refresh ticks with nothing else writing (they are skipped).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(p.shared.store.subscriber("carol", "example.com").is_none());
+    // `serlua user add` from another process: a commit on another connection.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut db = Db::connect(&url).await.unwrap();
+        db.add_subscriber(&serlua::db::Subscriber::new("carol", "example.com", "pw"))
+            .await
+            .unwrap();
+    });
+    wait_for(|| p.shared.store.subscriber("carol", "example.com").is_some());
+    p.stop();
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -298,6 +298,12 @@ struct LastId {
 }
 
 #[derive(QueryableByName)]
+struct DataVersion {
+    #[diesel(sql_type = BigInt)]
+    data_version: i64,
+}
+
+#[derive(QueryableByName)]
 struct TableEngine {
     #[diesel(sql_type = Text)]
     name: String,
@@ -697,6 +703,21 @@ impl Db {
     pub async fn execute_sql(&mut self, sql: &str) -> Result<(), DbError> {
         let r = on_conn!(self, c => c.batch_execute(sql).await);
         r.map_err(|e| self.err(e, "row"))
+    }
+
+    /// SQLite's `PRAGMA data_version`: a number that changes when another
+    /// connection (`serlua user add`, an admin's sqlite3, a second proxy)
+    /// has committed to the database file since this connection last
+    /// asked; this connection's own writes leave it alone. `None` on
+    /// PostgreSQL and MySQL, which have no such counter: there every
+    /// periodic reload reads the tables.
+    pub async fn data_version(&mut self) -> Result<Option<i64>, DbError> {
+        let Conn::Sqlite(c) = self.conn_mut()? else {
+            return Ok(None);
+        };
+        let r: Result<Vec<DataVersion>, DieselError> = diesel::sql_query("PRAGMA data_version").load(c).await;
+        let rows = r.map_err(|e| self.err(e, "data_version"))?;
+        Ok(rows.into_iter().next().map(|v| v.data_version))
     }
 
     /// The `version` table (Kamailio's modules check it at start): table
