@@ -191,7 +191,7 @@ impl Loop {
                 next_refresh = now + refresh;
                 if !want_reload && !self.changed_elsewhere(Marker::Tables).await {
                     // Nothing else wrote the SQLite file: the reload would
-                    // read 100,000 subscribers to find them unchanged.
+                    // read every subscriber only to find them unchanged.
                 } else if let Some(db) = self.db.as_mut() {
                     match load_tables(db, &self.shared).await {
                         Ok(()) if want_reload => tracing::info!("tables reloaded: {} subscribers", self.shared.store.subscriber_count()),

@@ -42,7 +42,9 @@
 //!   `relay_foreign_to_foreign_is_forbidden` (403),
 //!   `preloaded_route_invite_is_forbidden` (Route, no To tag: 403),
 //!   `reinvite_without_credentials_is_challenged` (To tag and Route, no
-//!   credentials, untrusted source: 407).
+//!   credentials, untrusted source: 407); `toll_fraud_under_load`: all of
+//!   these at 40/s while the gateway calls a registered user at 200
+//!   calls/s: still no INVITE at the gateway, every attack refused.
 //! - `svwar_finds_no_user_pstn`, `svwar_finds_no_user_nat_scripts`:
 //!   sipvicious' svwar scans an extension range holding a registered and an
 //!   unregistered subscriber with REGISTER and with INVITE (`--force`: it
@@ -63,6 +65,7 @@ mod harness;
 
 mod common;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1065,6 +1068,115 @@ fn preloaded_route_invite_is_forbidden() {
         );
     }
     ensure_gateway_saw_no_invite(&lab.ctx, &mut gateway, Duration::from_secs(1));
+    lab.stop();
+}
+
+/// The toll-fraud and open-relay attempts above, mixed into a load: while
+/// the trusted gateway places 2,000 calls to a registered user at 200
+/// calls/s (sipp, from the gateway's address), an attacker sends 40 INVITEs
+/// a second for 10 s — unauthenticated to 1+10 digits, a forged local From
+/// to the gateway's address, foreign to foreign, a pre-loaded Route. None
+/// may reach the gateway socket; each gets 407 or 403 (or the overload 503
+/// of a proxy too busy to look at it), and the load's calls still complete.
+#[test]
+fn toll_fraud_under_load() {
+    let Some((mut lab, gw)) = pstn_lab("toll_fraud_under_load", 35, &[("alice", "alice-secret")]) else {
+        return;
+    };
+    let mut gateway = UdpPeer::bind_to(gw);
+    let alice = Phone::new("alice", "alice-secret", false);
+    register(&lab, &alice);
+    const CALLS: u32 = 2000;
+    let uas = SippRun::spawn(
+        &lab.ctx,
+        SippOpts::uas("uas.xml", alice.port, CALLS)
+            .label("alice")
+            .timeout(Duration::from_secs(60)),
+    );
+    let load = SippRun::spawn(
+        &lab.ctx,
+        SippOpts::uac("uac.xml", free_udp_port(), lab.addr(), CALLS, 200)
+            .ip(&gw.ip().to_string())
+            .label("gateway-load")
+            .timeout(Duration::from_secs(60))
+            .args(&["-s", "alice"]),
+    );
+    let proxy = lab.addr();
+    let mut attacker = UdpPeer::bind();
+    let at_gateway = format!("sip:2125551234@{}", gw.ip());
+    let intl_at_gateway = format!("sip:0114420794960@{gw}");
+    let route_to_gateway = format!("<sip:{gw};lr>");
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(10) {
+        let inv = match sent % 4 {
+            0 => Invite::new("sip:12125551234@example.com", "sip:alice@example.com"),
+            1 => Invite::new(&at_gateway, "sip:alice@example.com"),
+            2 => Invite::new(&intl_at_gateway, "sip:mallory@evil.example"),
+            _ => Invite {
+                route: Some(route_to_gateway.clone()),
+                ..Invite::new(&at_gateway, "sip:alice@example.com")
+            },
+        };
+        attacker.send(&inv.text(attacker.addr), proxy);
+        sent += 1;
+        // 40 a second, reading the answers in between.
+        let next = started + Duration::from_millis(25 * sent as u64);
+        while attacker.recv_until(next).is_some() {}
+    }
+    let drain = Instant::now() + Duration::from_secs(3);
+    while attacker.recv_until(drain).is_some() {}
+    let l = load.wait(Duration::from_secs(60));
+    // (It waits for CALLS calls; those the proxy refused with an overload
+    // 503 never come.)
+    let u = uas.stop();
+
+    // One final answer per attack (by Call-ID: a 100 Trying would mean a
+    // transaction went on towards somewhere).
+    let mut finals: HashMap<String, u16> = HashMap::new();
+    let mut trying = 0;
+    for r in &attacker.log {
+        match r.msg.status() {
+            Some(100..=199) => trying += 1,
+            Some(s) => {
+                finals.insert(r.msg.header("Call-ID").unwrap_or_default().to_string(), s);
+            }
+            None => {}
+        }
+    }
+    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+    for s in finals.values() {
+        *by_status.entry(*s).or_default() += 1;
+    }
+    lab.ctx.note(format!(
+        "{sent} attack INVITEs, {} answered: {by_status:?}; load: {}",
+        finals.len(),
+        l.describe()
+    ));
+    eprintln!(
+        "toll_fraud_under_load: {sent} attacks, answers {by_status:?}, {trying} provisional; load {}",
+        l.describe()
+    );
+    ensure_gateway_saw_no_invite(&lab.ctx, &mut gateway, Duration::from_millis(500));
+    lab.ctx.ensure(trying == 0, || {
+        format!("{trying} attack INVITEs got a provisional answer (were forwarded)")
+    });
+    lab.ctx.ensure(by_status.keys().all(|s| [403, 407, 503].contains(s)), || {
+        format!("an attack got an answer other than 403/407/503: {by_status:?}")
+    });
+    lab.ctx.ensure(finals.len() * 10 >= sent * 9, || {
+        format!("only {} of {sent} attack INVITEs were answered", finals.len())
+    });
+    // On a machine too busy for 200 calls/s the proxy refuses some with its
+    // overload 503 (the subject here is the attacks, not the capacity).
+    let done = l.successful.unwrap_or(0);
+    lab.ctx.ensure(done * 10 >= u64::from(CALLS) * 9, || {
+        format!(
+            "the gateway's load: {done} of {CALLS} calls completed: {} / {}",
+            l.describe(),
+            u.describe()
+        )
+    });
     lab.stop();
 }
 
