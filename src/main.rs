@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use serlua::app::{self, Overrides};
 
 // jemalloc, with its background threads returning freed pages to the
-// kernel after a few seconds: glibc's per-thread arenas kept every transient
+// kernel soon after they are freed: glibc's per-thread arenas kept every transient
 // peak (a registration surge, a table reload) resident long after it ended,
 // and the registrar's footprint followed its worst moment, not its bindings.
 #[global_allocator]
