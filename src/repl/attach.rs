@@ -210,19 +210,25 @@ impl AttachHub {
         Ok(id)
     }
 
+    /// Takes session `id`'s held message out of the shared state (and, when
+    /// `forget` is set, its filter too), under one lock.
+    fn take_held(&self, id: u64, forget: bool) -> Option<Held> {
+        let mut st = self.state.lock();
+        if forget {
+            st.waiting.retain(|w| w.id != id);
+        }
+        let h = if st.held.as_ref().is_some_and(|h| h.id == id) {
+            st.held.take()
+        } else {
+            None
+        };
+        self.refresh(&st);
+        h
+    }
+
     /// Forgets session `id`: its filter, and releases its held message.
     pub fn detach(&self, id: u64) {
-        let held = {
-            let mut st = self.state.lock();
-            st.waiting.retain(|w| w.id != id);
-            let h = if st.held.as_ref().is_some_and(|h| h.id == id) {
-                st.held.take()
-            } else {
-                None
-            };
-            self.refresh(&st);
-            h
-        };
+        let held = self.take_held(id, true);
         if let Some(h) = held {
             self.route(h);
         }
@@ -232,16 +238,7 @@ impl AttachHub {
     /// routes it through the real script. Returns the worker, or None
     /// when the session holds nothing (any more).
     pub fn release(&self, id: u64) -> Option<usize> {
-        let held = {
-            let mut st = self.state.lock();
-            let h = if st.held.as_ref().is_some_and(|h| h.id == id) {
-                st.held.take()
-            } else {
-                None
-            };
-            self.refresh(&st);
-            h
-        }?;
+        let held = self.take_held(id, false)?;
         let w = held.worker;
         self.route(held);
         Some(w)
@@ -250,16 +247,7 @@ impl AttachHub {
     /// Releases session `id`'s held message on the proxy's own initiative
     /// and tells the session why.
     fn release_because(&self, id: u64, why: &'static str) {
-        let held = {
-            let mut st = self.state.lock();
-            let h = if st.held.as_ref().is_some_and(|h| h.id == id) {
-                st.held.take()
-            } else {
-                None
-            };
-            self.refresh(&st);
-            h
-        };
+        let held = self.take_held(id, false);
         if let Some(h) = held {
             let _ = h.events.send(Event::Released(why));
             self.route(h);
